@@ -1,0 +1,241 @@
+"""Frozen specs passed explicitly through the harness: architecture, recipe, data, and their hash."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+class SpecError(ValueError):
+    """An invalid flag value or combination; the message names the flag and the valid values."""
+
+
+def _choice(flag: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise SpecError(f"{flag}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+
+
+STEMS = ("resnet", "patchify")
+BLOCKS = ("bottleneck", "inverted", "dwconv_first")
+ACTIVATIONS = ("relu", "gelu")
+NORMS = ("batch", "layer")
+PLACEMENTS = ("every_layer", "single")
+DOWNSAMPLINGS = ("in_block", "separate")
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Every architecture flag of the roadmap. Defaults are torchvision's ResNet-50 (v1.5)."""
+
+    # "resnet": 7x7/2 conv + norm + act + 3x3/2 max-pool; "patchify": one PxP conv with stride P.
+    stem: str = "resnet"
+    # Side of the non-overlapping patches of the patchify stem (pixels).
+    stem_patch_size: int = 4
+    # Channels out of the stem.
+    stem_width: int = 64
+    # Whether the stem ends with an activation (ResNet: yes; ConvNeXt: no).
+    stem_activation: bool = True
+    # Blocks per stage.
+    depths: tuple[int, ...] = (3, 4, 6, 3)
+    # Residual-stream channels of each stage (a block's output width).
+    widths: tuple[int, ...] = (256, 512, 1024, 2048)
+    # Layer order in a block: "bottleneck" 1x1 down, kxk, 1x1 up; "inverted" 1x1 up, kxk, 1x1 down;
+    # "dwconv_first" kxk, 1x1 up, 1x1 down.
+    block: str = "bottleneck"
+    # Hidden width of a block as a multiple of its output width (bottleneck 1/4, inverted 4).
+    expansion: float = 0.25
+    # Channels per group of the kxk conv: 0 = one group (dense), 1 = depthwise, g = ResNeXt-style.
+    group_width: int = 0
+    # Side of the block's spatial (kxk) conv; odd so that padding k//2 keeps the size.
+    kernel_size: int = 3
+    activation: str = "relu"
+    # "every_layer": after every layer but the last, and after the residual add (ResNet);
+    # "single": one activation, right before the block's last 1x1 layer (ConvNeXt).
+    activation_placement: str = "every_layer"
+    # "batch": BatchNorm2d; "layer": LayerNorm over channels at each position.
+    norm: str = "batch"
+    # "every_layer": after every layer of a block (ResNet); "single": after the kxk conv only.
+    norm_placement: str = "every_layer"
+    # "in_block": stride 2 in the first block's kxk conv, 1x1/2 conv + norm shortcut (ResNet v1.5);
+    # "separate": norm + 2x2/2 conv between stages (ConvNeXt).
+    downsampling: str = "in_block"
+    # A norm after global average pooling, before the classifier (ConvNeXt).
+    head_norm: bool = False
+    # Initial value of the per-channel residual scale (layer scale); 0 disables it.
+    layer_scale_init: float = 0.0
+    # Stochastic depth rate of the last block, rising linearly from 0 at the first.
+    drop_path_rate: float = 0.0
+    # Uniform multiplier of every width (stem, stages), for small-compute presets.
+    width_multiplier: float = 1.0
+
+    def __post_init__(self) -> None:
+        _choice("stem", self.stem, STEMS)
+        _choice("block", self.block, BLOCKS)
+        _choice("activation", self.activation, ACTIVATIONS)
+        _choice("activation_placement", self.activation_placement, PLACEMENTS)
+        _choice("norm", self.norm, NORMS)
+        _choice("norm_placement", self.norm_placement, PLACEMENTS)
+        _choice("downsampling", self.downsampling, DOWNSAMPLINGS)
+        object.__setattr__(self, "depths", tuple(self.depths))
+        object.__setattr__(self, "widths", tuple(self.widths))
+        if not self.depths or len(self.depths) != len(self.widths):
+            raise SpecError(f"depths {self.depths} and widths {self.widths} must name the same stages")
+        if any(not isinstance(d, int) or d < 1 for d in self.depths):
+            raise SpecError(f"depths={self.depths} is not valid; every stage needs a whole number >= 1")
+        if any(not isinstance(w, int) or w < 1 for w in self.widths):
+            raise SpecError(f"widths={self.widths} is not valid; every width must be a whole number >= 1")
+        if not isinstance(self.stem_width, int) or self.stem_width < 1:
+            raise SpecError(f"stem_width={self.stem_width!r} is not valid; a whole number >= 1")
+        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise SpecError(f"kernel_size={self.kernel_size!r} is not valid; an odd whole number >= 1")
+        if not isinstance(self.stem_patch_size, int) or self.stem_patch_size < 1:
+            raise SpecError(f"stem_patch_size={self.stem_patch_size!r} is not valid; a whole number >= 1")
+        if not isinstance(self.group_width, int) or self.group_width < 0:
+            raise SpecError(f"group_width={self.group_width!r} is not valid; 0 (dense), 1 (depthwise) or g > 1")
+        if not self.expansion > 0:
+            raise SpecError(f"expansion={self.expansion!r} is not valid; a number > 0")
+        if not 0 <= self.drop_path_rate < 1:
+            raise SpecError(f"drop_path_rate={self.drop_path_rate!r} is not valid; a number in [0, 1)")
+        if not self.layer_scale_init >= 0:
+            raise SpecError(f"layer_scale_init={self.layer_scale_init!r} is not valid; 0 (off) or > 0")
+        if not self.width_multiplier > 0:
+            raise SpecError(f"width_multiplier={self.width_multiplier!r} is not valid; a number > 0")
+        for width in self.hidden_widths():
+            if self.group_width > 1 and width % self.group_width:
+                raise SpecError(f"group_width={self.group_width} does not divide the hidden width {width}")
+
+    def scaled(self, width: int) -> int:
+        """A width after the uniform multiplier, at least 1 channel."""
+        return max(1, round(width * self.width_multiplier))
+
+    def stage_widths(self) -> tuple[int, ...]:
+        return tuple(self.scaled(w) for w in self.widths)
+
+    def hidden_widths(self) -> tuple[int, ...]:
+        return tuple(max(1, round(w * self.expansion)) for w in self.stage_widths())
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """A training recipe; learning rates are per `reference_batch` images and scale linearly."""
+
+    name: str = "classic"
+    optimizer: str = "sgd"
+    # Learning rate at an effective batch of `reference_batch` images.
+    base_lr: float = 0.1
+    reference_batch: int = 256
+    # Effective batch (images per optimizer step, all processes and accumulation together).
+    batch_size: int = 256
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    # Exempt norm weights and all biases from weight decay.
+    no_decay_norm_and_bias: bool = False
+    epochs: int = 90
+    warmup_epochs: float = 0.0
+    schedule: str = "step"
+    # Step schedule: epochs (as fractions of `epochs`) at which the lr is multiplied by `lr_decay`.
+    lr_milestones: tuple[float, ...] = (30 / 90, 60 / 90, 80 / 90)
+    lr_decay: float = 0.1
+    # Cosine schedule floor.
+    min_lr: float = 0.0
+    # timm auto-augment string (e.g. "rand-m9-mstd0.5-inc1"); "" for none.
+    auto_augment: str = ""
+    color_jitter: float = 0.0
+    interpolation: str = "bilinear"
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    mixup_switch_prob: float = 0.5
+    random_erasing: float = 0.0
+    label_smoothing: float = 0.0
+    # Evaluation: resize to image_size / crop_pct, then center crop image_size.
+    eval_crop_pct: float = 0.875
+    # Gradient-norm clipping; 0 disables.
+    clip_grad_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+        if not isinstance(self.epochs, int) or self.epochs < 0:
+            raise SpecError(f"epochs={self.epochs!r} is not valid; a whole number >= 0")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise SpecError(f"batch_size={self.batch_size!r} is not valid; a whole number >= 1")
+        if not self.base_lr > 0:
+            raise SpecError(f"base_lr={self.base_lr!r} is not valid; a number > 0")
+
+    def lr(self) -> float:
+        """The peak learning rate at this recipe's effective batch (linear scaling rule)."""
+        return self.base_lr * self.batch_size / self.reference_batch
+
+
+DATA_KINDS = ("synthetic", "imagefolder", "cifar10", "cifar100")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the images come from and at what resolution."""
+
+    # "synthetic" (built in), "imagefolder:PATH", "cifar10:PATH" or "cifar100:PATH".
+    source: str = "synthetic"
+    # Training and evaluation resolution (pixels, square).
+    image_size: int = 224
+    # Synthetic data only: classes, images per split, and the seed that generates them.
+    num_classes: int = 10
+    train_size: int = 5000
+    val_size: int = 1000
+    generation_seed: int = 0
+    # Let torchvision download CIFAR into PATH when it is missing (needs a network).
+    download: bool = False
+    # Data-loader worker processes per training process.
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        _choice("data kind", self.kind, DATA_KINDS)
+        if self.kind == "synthetic" and self.path:
+            raise SpecError(f"data={self.source!r} is not valid; synthetic data takes no path")
+        if self.kind != "synthetic" and not self.path:
+            raise SpecError(f"data={self.source!r} is not valid; write {self.kind}:PATH")
+        for name in ("image_size", "num_classes", "train_size", "val_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise SpecError(f"{name}={value!r} is not valid; a whole number >= 1")
+        if self.kind == "synthetic" and self.num_classes < 2:
+            raise SpecError(f"num_classes={self.num_classes} is not valid; synthetic data needs >= 2 classes")
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise SpecError(f"workers={self.workers!r} is not valid; a whole number >= 0")
+
+    @property
+    def kind(self) -> str:
+        return self.source.split(":", 1)[0]
+
+    @property
+    def path(self) -> str:
+        return self.source.split(":", 1)[1] if ":" in self.source else ""
+
+
+def replace_checked(spec: Any, overrides: dict[str, Any], where: str) -> Any:
+    """`dataclasses.replace`, but an unknown key names `where` and the valid keys."""
+    valid = {f.name for f in fields(spec)}
+    for key in overrides:
+        if key not in valid:
+            raise SpecError(f"{where}: unknown flag {key!r}; valid flags: {', '.join(sorted(valid))}")
+    return dataclasses.replace(spec, **overrides)
+
+
+def to_dict(spec: Any) -> dict[str, Any]:
+    return {key: list(v) if isinstance(v, tuple) else v for key, v in dataclasses.asdict(spec).items()}
+
+
+def spec_hash(*specs: Any) -> str:
+    """A stable short hash of one or more specs (dataclasses or plain dicts)."""
+    payload = [to_dict(s) if dataclasses.is_dataclass(s) else s for s in specs]
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
