@@ -8,7 +8,7 @@ _EXPORTS = {
     "ArchSpec": "spec", "DataSpec": "spec", "RecipeSpec": "spec", "SpecError": "spec",
     "Roadmap": "steps", "RoadmapError": "steps", "Step": "steps", "list_roadmaps": "steps", "load_roadmap": "steps",
     "build_model": "model",
-    "Complexity": "complexity", "count_complexity": "complexity",
+    "Complexity": "complexity", "count_complexity": "complexity", "arch_complexity": "complexity",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,375 @@
+"""Data sets (synthetic, ImageFolder, CIFAR) from a DataSpec, recipe transforms via timm, and seeded loaders."""
+from __future__ import annotations
+
+import contextlib
+import math
+import pickle
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, auto_augment, create_transform
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from . import synthetic
+from .spec import DataSpec, RecipeSpec, SpecError
+
+# validate_data opens (PIL verify: header and, for PNG, checksums) every image of a tree up to this
+# many files, and an evenly spaced sample of this many in a larger tree (ImageNet: 1 in 64). Full
+# decoding would cost ~1 ms per ImageNet JPEG; images it misses fail later, naming the file.
+IMAGE_CHECK_LIMIT = 20_000
+SPLIT_FOLDERS = ("train", "val")
+
+
+class DataError(SpecError):
+    """A data source that cannot be used; the message names the path or value at fault."""
+
+    def __init__(self, message: str):
+        # A DataLoader worker re-raises our error in the main process as DataError("Caught DataError in
+        # DataLoader worker ...\n<traceback>"): keep only the original one-line message.
+        if message.startswith("Caught DataError") and "DataError: " in message:
+            message = message.rstrip().rsplit("DataError: ", 1)[1]
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class Datasets:
+    """Both splits, ready for a DataLoader: items are (normalized CHW float tensor, int label)."""
+
+    train: TransformedImages
+    val: TransformedImages
+    num_classes: int
+    class_names: tuple[str, ...]
+    # A short human label, e.g. "synthetic (10 classes, 5000/1000 images, 32 px)".
+    description: str
+    # The DataSpec kind ("synthetic", "imagefolder", "cifar10", "cifar100").
+    kind: str
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+
+def validate_data(spec: DataSpec) -> None:
+    """Every check that can fail before training starts; raises a one-line DataError."""
+    if spec.kind == "synthetic":
+        _check_synthetic(spec)
+    elif spec.kind == "imagefolder":
+        _check_imagefolder(Path(spec.path), verify_images=True)
+    else:
+        _check_cifar(spec, unpickle=True)
+
+
+def _check_synthetic(spec: DataSpec) -> None:
+    if spec.num_classes > synthetic.MAX_CLASSES:
+        raise DataError(f"num_classes={spec.num_classes} is not valid for synthetic data; "
+                        f"choose 2 to {synthetic.MAX_CLASSES}")
+
+
+def _check_directory(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    if not path.is_dir():
+        raise DataError(f"{what} {path} is not a directory")
+
+
+def _check_imagefolder(root: Path, verify_images: bool) -> None:
+    _check_directory(root, "data path")
+    files: list[str] = []
+    classes_of: dict[str, list[str]] = {}
+    for split in SPLIT_FOLDERS:
+        folder = root / split
+        if not folder.is_dir():
+            raise DataError(f"data path {root} has no {split}/ folder; expected {root}/{split}/<class>/<image>")
+        try:
+            classes, class_to_idx = find_classes(folder)
+        except FileNotFoundError:
+            raise DataError(f"{folder} has no class folders; expected {folder}/<class>/<image>") from None
+        samples = make_dataset(folder, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        with_images = {classes[label] for _, label in samples}
+        empty = [name for name in classes if name not in with_images]
+        if empty:
+            raise DataError(f"class folder {folder / empty[0]} has no images ({', '.join(IMG_EXTENSIONS)})")
+        classes_of[split] = classes
+        files += [path for path, _ in samples]
+    train_only = sorted(set(classes_of["train"]) - set(classes_of["val"]))
+    val_only = sorted(set(classes_of["val"]) - set(classes_of["train"]))
+    if train_only:
+        raise DataError(f"class {train_only[0]!r} is in {root}/train/ but missing from {root}/val/")
+    if val_only:
+        raise DataError(f"class {val_only[0]!r} is in {root}/val/ but missing from {root}/train/")
+    if verify_images:
+        stride = math.ceil(len(files) / IMAGE_CHECK_LIMIT)
+        for path in files[::stride]:
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+            except Exception as error:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
+                raise DataError(f"unreadable image {path}: {error}") from None
+
+
+class _LocalCIFAR:
+    """Mixin for torchvision's CIFAR classes that checks local files exist instead of their MD5.
+
+    torchvision compares every file with the official MD5 (hashing 180 MB at each start) and rejects
+    anything else, which rules out the tiny on-disk copies the tests write; validate_data unpickles the
+    files instead. A download (download=True) still verifies the archive's MD5.
+    """
+
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root) / self.base_folder
+        names = [name for name, _ in self.train_list + self.test_list] + [self.meta["filename"]]
+        return all((folder / name).is_file() for name in names)
+
+    def _load_meta(self) -> None:
+        with open(Path(self.root) / self.base_folder / self.meta["filename"], "rb") as file:
+            self.classes = pickle.load(file, encoding="latin1")[self.meta["key"]]
+        self.class_to_idx = {name: index for index, name in enumerate(self.classes)}
+
+
+class LocalCIFAR10(_LocalCIFAR, CIFAR10):
+    pass
+
+
+class LocalCIFAR100(_LocalCIFAR, CIFAR100):
+    pass
+
+
+# kind -> (the torchvision class that names the files, our local-copy class, a title)
+_CIFAR = {
+    "cifar10": (CIFAR10, LocalCIFAR10, "CIFAR-10"),
+    "cifar100": (CIFAR100, LocalCIFAR100, "CIFAR-100"),
+}
+
+
+def _cifar_root(spec: DataSpec) -> Path:
+    """The folder that holds "cifar-10-batches-py" / "cifar-100-python"; PATH may also name that folder."""
+    path = Path(spec.path)
+    torchvision_class = _CIFAR[spec.kind][0]
+    return path.parent if path.name == torchvision_class.base_folder else path
+
+
+def _check_cifar(spec: DataSpec, unpickle: bool) -> None:
+    torchvision_class, _, title = _CIFAR[spec.kind]
+    folder = _cifar_root(spec) / torchvision_class.base_folder
+    names = [name for name, _ in torchvision_class.train_list + torchvision_class.test_list]
+    missing = [name for name in [*names, torchvision_class.meta["filename"]] if not (folder / name).is_file()]
+    if missing:
+        if spec.download:
+            return  # torchvision fetches it in build_datasets
+        raise DataError(f"{title} not found: {folder / missing[0]} is missing; pass --download to fetch it")
+    if not unpickle:
+        return
+    for name in names:
+        _unpickle(folder / name, ("data", "labels" if spec.kind == "cifar10" else "fine_labels"))
+    _unpickle(folder / torchvision_class.meta["filename"], (torchvision_class.meta["key"],))
+
+
+def _unpickle(path: Path, keys: tuple[str, ...]) -> None:
+    try:
+        with open(path, "rb") as file:
+            entry = pickle.load(file, encoding="latin1")
+        absent = [key for key in keys if key not in entry]
+    except Exception as error:  # unpickling raises many types (UnpicklingError, EOFError, ValueError, ...)
+        raise DataError(f"unreadable CIFAR file {path}: {error}") from None
+    if absent:
+        raise DataError(f"CIFAR file {path} lacks the key {absent[0]!r}")
+
+
+# ------------------------------------------------------------------------------------------- data sets
+
+
+def _load_rgb(path: str) -> Image.Image:
+    """ImageFolder's loader, but an unreadable file raises a DataError naming it."""
+    try:
+        with open(path, "rb") as file:
+            return Image.open(file).convert("RGB")
+    except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
+        raise DataError(f"unreadable image {path}: {error}") from None
+
+
+class TransformedImages(Dataset):
+    """A split of (PIL image, label) items with a transform applied.
+
+    A key is an index, or (index, sample_seed) from SeededDistributedSampler: then the transform's
+    random draws (Python `random`, NumPy's and torch's global generators, all used by timm's
+    augmentations) come from `sample_seed`, and the caller's generator states are restored afterwards.
+    """
+
+    def __init__(self, images: Dataset, transform, num_classes: int):
+        self.images, self.transform, self.num_classes = images, transform, num_classes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        index, sample_seed = key if isinstance(key, tuple) else (key, None)
+        image, label = self.images[index]
+        if sample_seed is None:
+            return self.transform(image), int(label)
+        with _seeded_generators(sample_seed):
+            return self.transform(image), int(label)
+
+
+def _seed_generators(sample_seed: int) -> None:
+    random.seed(sample_seed)
+    np.random.seed(sample_seed % 2**32)
+    torch.default_generator.manual_seed(sample_seed)  # torch.manual_seed would also queue CUDA seeding: slow
+
+
+@contextlib.contextmanager
+def _seeded_generators(sample_seed: int) -> Iterator[None]:
+    if get_worker_info() is not None:  # a worker process: nothing else draws from its generators
+        _seed_generators(sample_seed)
+        yield
+        return
+    # The training process itself (workers=0): restore its generators (NumPy's costs ~0.1 ms a sample).
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        _seed_generators(sample_seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+def build_transforms(recipe: RecipeSpec, image_size: int) -> tuple:
+    """(train, eval) transforms of a recipe via timm: RandomResizedCrop + flip + augmentations; resize + crop."""
+    train = create_transform(
+        image_size,
+        is_training=True,
+        auto_augment=recipe.auto_augment or None,
+        # timm ignores colour jitter when auto_augment is set, as the official ConvNeXt runs did.
+        color_jitter=recipe.color_jitter or None,
+        interpolation=recipe.interpolation,
+        re_prob=recipe.random_erasing,
+        re_mode="pixel",  # the official ConvNeXt default (--remode pixel)
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+    )
+    _allow_zero_bit_posterize(train)
+    evaluation = create_transform(
+        image_size,
+        is_training=False,
+        interpolation=recipe.interpolation,
+        crop_pct=recipe.eval_crop_pct,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+    )
+    return train, evaluation
+
+
+def _posterize(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
+    """timm's posterize, with 0 bits giving a black image as Pillow < 12 did (in the paper's days)."""
+    if bits_to_keep <= 0:
+        return Image.new(image.mode, image.size)
+    return auto_augment.posterize(image, bits_to_keep)
+
+
+def _allow_zero_bit_posterize(transform) -> None:
+    # timm's "PosterizeIncreasing" keeps 0 bits at magnitude 10, which rand-m9-mstd0.5 reaches ~2% of the
+    # time; recent Pillow raises "bits must be between or equal to 1 and 8" there and would stop training.
+    for step in transform.transforms:
+        ops = list(getattr(step, "ops", [])) + [op for ops in getattr(step, "policy", []) for op in ops]
+        for op in ops:
+            if op.aug_fn is auto_augment.posterize:
+                op.aug_fn = _posterize
+
+
+def _split_pair(spec: DataSpec) -> tuple[Dataset, Dataset, tuple[str, ...], str]:
+    """Untransformed (train, val) splits of PIL images, the class names, and a name of the source."""
+    if spec.kind == "synthetic":
+        _check_synthetic(spec)
+        train, val = (
+            synthetic.SyntheticImages(spec.num_classes, length, spec.image_size, spec.generation_seed, split)
+            for length, split in ((spec.train_size, "train"), (spec.val_size, "val"))
+        )
+        return train, val, tuple(train.classes), "synthetic"
+    if spec.kind == "imagefolder":
+        root = Path(spec.path)
+        _check_imagefolder(root, verify_images=False)
+        train, val = (ImageFolder(str(root / split), loader=_load_rgb) for split in SPLIT_FOLDERS)
+        return train, val, tuple(train.classes), f"imagefolder {root}"
+    torchvision_class, local_class, title = _CIFAR[spec.kind]
+    root = _cifar_root(spec)
+    if not spec.download:
+        _check_cifar(spec, unpickle=False)  # a missing file says "pass --download"; loading reads the rest
+    try:
+        train, val = (local_class(str(root), train=is_train, download=spec.download) for is_train in (True, False))
+    except Exception as error:  # a failed download (URLError) or a damaged file
+        raise DataError(f"cannot load {title} from {root / torchvision_class.base_folder}: {error}") from None
+    return train, val, tuple(train.classes), f"{title} at {root}"
+
+
+def build_datasets(spec: DataSpec, recipe: RecipeSpec) -> Datasets:
+    """The train and val splits of `spec`, transformed as `recipe` says, at `spec.image_size` pixels."""
+    train, val, class_names, source = _split_pair(spec)
+    train_transform, eval_transform = build_transforms(recipe, spec.image_size)
+    description = f"{source} ({len(class_names)} classes, {len(train)}/{len(val)} images, {spec.image_size} px)"
+    return Datasets(
+        train=TransformedImages(train, train_transform, len(class_names)),
+        val=TransformedImages(val, eval_transform, len(class_names)),
+        num_classes=len(class_names),
+        class_names=class_names,
+        description=description,
+        kind=spec.kind,
+    )
+
+
+# --------------------------------------------------------------------------------------------- loaders
+
+
+class SeededDistributedSampler(DistributedSampler):
+    """DistributedSampler whose items are (index, sample_seed): order AND augmentation draws depend only
+    on (seed, epoch, index), whatever the number of workers and whether they persist across epochs."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for index in super().__iter__():
+            state = np.random.SeedSequence([self.seed % 2**63, self.epoch, index]).generate_state(2, np.uint32)
+            yield index, int(state[0]) << 32 | int(state[1])
+
+
+class ShardSampler(Sampler):
+    """Every `world_size`-th index from `rank`, in order, with no padding: each image is seen exactly once
+    across processes (shards differ by at most one image), unlike DistributedSampler, which repeats
+    images to even the shards. Sum (correct, count) over processes rather than averaging accuracies."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.indices = range(rank, length, world_size)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+def build_loaders(datasets: Datasets, batch_size: int, *, workers: int, seed: int,
+                  rank: int = 0, world_size: int = 1) -> tuple[DataLoader, DataLoader]:
+    """(train, val) loaders for one process of `world_size`; `batch_size` is per process.
+
+    Call `train_loader.sampler.set_epoch(epoch)` before each epoch: the train order and augmentations
+    are then a pure function of (seed, epoch), so a resumed run sees exactly what an uninterrupted one saw.
+    """
+    if not 0 <= rank < world_size:
+        raise DataError(f"rank={rank} is not valid for world_size={world_size}; choose 0 to {world_size - 1}")
+    if batch_size < 1:
+        raise DataError(f"batch_size={batch_size} is not valid; a whole number >= 1")
+    if len(datasets.train) < batch_size * world_size:
+        raise DataError(f"the train split has {len(datasets.train)} images, fewer than one batch "
+                        f"({batch_size} x {world_size} processes)")
+    common = dict(num_workers=workers, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    train_sampler = SeededDistributedSampler(datasets.train, num_replicas=world_size, rank=rank,
+                                             shuffle=True, seed=seed, drop_last=True)
+    # Its own generator, so that starting an epoch does not draw from torch's global one.
+    train = DataLoader(datasets.train, batch_size=batch_size, sampler=train_sampler, drop_last=True,
+                       generator=torch.Generator().manual_seed(seed), **common)
+    val = DataLoader(datasets.val, batch_size=batch_size, sampler=ShardSampler(len(datasets.val), rank, world_size),
+                     shuffle=False, drop_last=False, generator=torch.Generator().manual_seed(seed), **common)
+    return train, val

@@ -1,0 +1,196 @@
+"""Training scales as data (smoke, demo, proxy, paper) and `apply_preset`, which folds one into the specs."""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .spec import ArchSpec, DataSpec, RecipeSpec, SpecError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """How big a study is: resolution, data size, epochs, batch, network width and learning rates.
+
+    The recipes (classic / modern) keep their optimizer, schedule shape, augmentation and regularization;
+    a preset only rescales them. Learning rates follow the recipe's linear scaling rule unless `peak_lr`
+    or `base_lr_scale` names the recipe.
+    """
+
+    name: str
+    description: str
+    # Training and evaluation resolution (pixels, square); applies to every data source.
+    image_size: int
+    # Synthetic data only: images in the train and val splits, and classes.
+    train_size: int
+    val_size: int
+    num_classes: int
+    # Data-loader worker processes per training process.
+    workers: int
+    # Epochs of every step; None keeps each recipe's own (classic 90, modern 300).
+    epochs: int | None
+    # Effective batch (images per optimizer step over all processes and accumulation steps);
+    # None keeps each recipe's own (classic 256, modern 4096).
+    batch_size: int | None
+    # Uniform multiplier of every network width (1 = the paper's networks).
+    width_multiplier: float
+    # Recipe name -> the peak lr itself, whatever the batch (linear scaling off). Wins over base_lr_scale.
+    peak_lr: Mapping[str, float] = field(default_factory=dict)
+    # Recipe name -> a multiplier of the recipe's base lr (linear scaling with the batch kept).
+    base_lr_scale: Mapping[str, float] = field(default_factory=dict)
+    # Suggested run settings: micro-batches per optimizer step (with one process), autocast, memory format.
+    accumulation_steps: int = 1
+    precision: str = "fp32"
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "peak_lr", MappingProxyType(dict(self.peak_lr)))
+        object.__setattr__(self, "base_lr_scale", MappingProxyType(dict(self.base_lr_scale)))
+
+
+PRESETS: dict[str, Preset] = {
+    preset.name: preset
+    for preset in (
+        Preset(
+            name="smoke",
+            description="tests and CI: a few seconds per step on 2 CPU cores; accuracy means nothing",
+            # 32 px is the smallest size every step accepts (stem /4, then three /2 downsamplings).
+            image_size=32,
+            train_size=128,
+            val_size=64,
+            num_classes=10,
+            workers=0,
+            epochs=1,
+            batch_size=32,
+            width_multiplier=0.125,
+            # Same reason as the demo preset below.
+            peak_lr={"classic": 0.1, "modern": 2e-3},
+        ),
+        Preset(
+            name="demo",
+            description="the default on synthetic data: 32 px, 1/4 width, 10 classes; the chain up to "
+            "bn_to_ln (16 steps) in about 10 minutes on 2 CPU cores, all clearly above chance",
+            image_size=32,
+            train_size=2560,
+            val_size=500,
+            num_classes=10,
+            workers=1,
+            epochs=4,
+            batch_size=64,
+            width_multiplier=0.25,
+            # Linear scaling from the paper's base (AdamW 4e-3 per 4096 images) gives 6e-5 at batch 64,
+            # far too small to learn anything in ~160 updates; SGD's 0.1 per 256 gives 0.025, which is slow.
+            # Fixed peaks instead, in the range small-batch CIFAR-scale runs use for each optimizer.
+            peak_lr={"classic": 0.1, "modern": 2e-3},
+        ),
+        Preset(
+            name="proxy",
+            description="a one-GPU proxy study (ImageNet-100 or Imagenette as imagefolder:PATH): 160 px, "
+            "100 epochs, effective batch 1024 by 4 accumulation steps of 256, bf16; not run in CI",
+            image_size=160,
+            train_size=12_800,
+            val_size=2_000,
+            num_classes=10,
+            workers=8,
+            epochs=100,
+            batch_size=1024,
+            width_multiplier=1.0,
+            # Linear scaling holds at batch 1024: classic 0.4, modern 1e-3, as the recipes say.
+            accumulation_steps=4,
+            precision="bf16",
+            channels_last=True,
+        ),
+        Preset(
+            name="paper",
+            description="the paper's scale: ImageNet-1k (imagefolder:PATH), 224 px, each recipe's own epochs "
+            "(classic 90, modern 300) and batch (256, 4096), full width",
+            image_size=224,
+            train_size=12_800,
+            val_size=2_000,
+            num_classes=10,
+            workers=8,
+            epochs=None,
+            batch_size=None,
+            width_multiplier=1.0,
+            precision="bf16",
+            channels_last=True,
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise SpecError(f"preset={name!r} is not valid; choose one of: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _whole(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{name}={value!r} is not valid; a whole number >= {minimum}")
+    return value
+
+
+def _positive(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise SpecError(f"{name}={value!r} is not valid; a number > 0")
+    return float(value)
+
+
+def apply_preset(
+    preset: Preset,
+    arch: ArchSpec,
+    recipe: RecipeSpec,
+    data: DataSpec,
+    *,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    image_size: int | None = None,
+    width_multiplier: float | None = None,
+    lr: float | None = None,
+) -> tuple[ArchSpec, RecipeSpec, DataSpec]:
+    """The specs of one step at the preset's scale; a keyword that is not None wins over the preset.
+
+    `lr` is the peak learning rate itself (what the optimizer reaches after warm-up), at any batch.
+    Warm-up stays the same fraction of training as in the recipe (modern: 20 of 300 epochs); step
+    milestones are fractions of the epochs already, so they move with the epoch count by themselves.
+    """
+    epochs = _whole("epochs", epochs if epochs is not None else _or(preset.epochs, recipe.epochs), 0)
+    batch = _whole("batch_size", batch_size if batch_size is not None else _or(preset.batch_size, recipe.batch_size), 1)
+    image_size = _whole("image_size", image_size if image_size is not None else preset.image_size, 1)
+    width = _positive("width_multiplier", width_multiplier if width_multiplier is not None else preset.width_multiplier)
+
+    warmup = recipe.warmup_epochs * epochs / recipe.epochs if recipe.epochs else 0.0
+    changes = {"epochs": epochs, "batch_size": batch, "warmup_epochs": warmup}
+    peak = lr if lr is not None else preset.peak_lr.get(recipe.name)
+    if peak is not None:
+        # reference_batch = batch turns linear scaling off: recipe.lr() is then exactly `peak`.
+        changes |= {"base_lr": _positive("lr", peak), "reference_batch": batch}
+    elif recipe.name in preset.base_lr_scale:
+        changes["base_lr"] = recipe.base_lr * _positive("base_lr_scale", preset.base_lr_scale[recipe.name])
+
+    data_changes: dict[str, object] = {"image_size": image_size, "workers": preset.workers}
+    if data.kind == "synthetic":
+        data_changes |= {"train_size": preset.train_size, "val_size": preset.val_size,
+                         "num_classes": preset.num_classes}
+    return (
+        dataclasses.replace(arch, width_multiplier=width),
+        dataclasses.replace(recipe, **changes),
+        dataclasses.replace(data, **data_changes),
+    )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
+
+
+def split_batch(batch_size: int, world_size: int, accumulation_steps: int) -> int:
+    """The per-process batch of one micro-step: effective batch / (processes x accumulation steps)."""
+    parts = world_size * accumulation_steps
+    if batch_size % parts:
+        raise SpecError(
+            f"batch_size={batch_size} does not split into {world_size} processes x {accumulation_steps} "
+            f"accumulation steps; choose a multiple of {parts}"
+        )
+    return batch_size // parts

@@ -1,0 +1,74 @@
+"""The benchmark harness runs and returns well-formed figures on tiny configurations (nothing is timed here)."""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from roadmap import load_roadmap
+from roadmap.benchmark import BenchmarkConfig, benchmark_steps, format_table, measure
+from roadmap.model import build_model
+
+TINY = BenchmarkConfig(batch_size=4, image_size=32, warmup=1, repeats=1, iterations_per_repeat=1, num_classes=10)
+FIGURES = ("train_img_per_s", "eval_img_per_s", "train_spread_pct", "eval_spread_pct", "peak_memory_mb")
+SIDE_BY_SIDE = Path(__file__).resolve().parent.parent / "benchmarks" / "side_by_side.py"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # On a shared, busy CPU, several spinning OpenMP threads per process slow everything down tenfold.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def roadmap_steps():
+    return load_roadmap("resnet50_to_convnext_t")
+
+
+def test_measure_returns_finite_figures_and_echoes_config(roadmap_steps):
+    arch = roadmap_steps.step("separate_downsampling").arch
+    model = build_model(dataclasses.replace(arch, width_multiplier=0.125), num_classes=10)
+    result = measure(model, TINY)
+    assert set(FIGURES) <= set(result)
+    assert result["train_img_per_s"] > 0 and result["eval_img_per_s"] > 0
+    # One repeat has no spread, and a tiny model may fit in memory the process already holds.
+    assert all(math.isfinite(result[key]) and result[key] >= 0 for key in FIGURES)
+    assert result["batch_size"] == 4 and result["image_size"] == 32 and result["precision"] == "fp32"
+
+
+def test_benchmark_steps_gives_one_row_per_step_and_a_labelled_table(roadmap_steps):
+    steps = [roadmap_steps.step("resnet50"), roadmap_steps.step("separate_downsampling")]
+    rows = benchmark_steps(steps, TINY, width_multiplier=0.125, progress=False)
+    assert [row["step"] for row in rows] == ["resnet50", "separate_downsampling"]
+    assert all(row["params"] > 0 and row["gmacs"] > 0 for row in rows)
+    table = format_table(rows, TINY)
+    for words in ("cpu", "batch 4", "32x32 px", "fp32", "memory format", "img/s", "resnet50"):
+        assert words in table
+
+
+def test_config_rejects_unknown_precision():
+    with pytest.raises(ValueError, match="precision"):
+        BenchmarkConfig(precision="fp8")
+
+
+def test_side_by_side_prints_a_ratio_line_per_pair():
+    spec = importlib.util.spec_from_file_location("side_by_side", SIDE_BY_SIDE)
+    side_by_side = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = side_by_side  # dataclasses look their module up there
+    spec.loader.exec_module(side_by_side)
+    args = "--threads 1 --image-size 32 --batch-size 2 --repeats 1 --iterations 1 --warmup 0".split()
+    result = CliRunner().invoke(side_by_side.main, args)
+    assert result.exit_code == 0, result.output
+    ratio_lines = [line for line in result.output.splitlines() if "ratio ours / reference" in line]
+    assert len(ratio_lines) == 2
+    assert all("train" in line and "eval" in line for line in ratio_lines)
+    assert "img/s" in result.output

@@ -1,0 +1,336 @@
+"""The training engine on tiny models and tiny tensor data sets: learning, schedules, resume, skip, divergence."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+from roadmap.checkpoint import load_checkpoint
+from roadmap.engine import (
+    EPOCH_KEYS,
+    TrainOptions,
+    build_optimizer,
+    build_schedule,
+    evaluate,
+    seed_everything,
+    train_and_evaluate,
+)
+from roadmap.recipes import CLASSIC, MODERN
+from roadmap.spec import SpecError
+
+RESULT_KEYS = {
+    "status", "reason", "epochs_completed", "resumed_from_epoch", "top1", "top5", "train_loss",
+    "train_img_per_s", "eval_img_per_s", "peak_memory_mb", "wall_time_s", "history",
+}
+CLASSES = 4
+
+
+def make_loaders(batch: int = 16, train_size: int = 64, val_size: int = 32, seed: int = 0):
+    """A separable task: each class is a fixed random 3x8x8 pattern plus noise."""
+    generator = torch.Generator().manual_seed(1234)
+    patterns = torch.randn(CLASSES, 3, 8, 8, generator=generator)
+
+    def split(size: int) -> TensorDataset:
+        labels = torch.arange(size) % CLASSES
+        return TensorDataset(patterns[labels] + 0.7 * torch.randn(size, 3, 8, 8, generator=generator), labels)
+
+    train_set, val_set = split(train_size), split(val_size)
+    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(train_set, batch_size=batch, sampler=sampler, drop_last=True), DataLoader(val_set, batch_size=16)
+
+
+def tiny_model(batchnorm: bool = True, dropout: float = 0.1) -> nn.Module:
+    seed_everything(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8) if batchnorm else nn.Identity(),
+        nn.ReLU(),
+        nn.Dropout(dropout),  # consumes torch's RNG, as stochastic depth does
+        nn.Flatten(),
+        nn.Linear(8 * 8 * 8, CLASSES),
+    )
+
+
+def recipe_for(base, *, epochs: int = 3, batch: int = 16, lr: float = 0.02, **changes):
+    # A fixed peak lr: reference_batch = batch switches linear scaling off.
+    return dataclasses.replace(base, epochs=epochs, batch_size=batch, reference_batch=batch, base_lr=lr, **changes)
+
+
+CLASSIC_TINY = recipe_for(CLASSIC, lr=0.05)
+MODERN_TINY = recipe_for(MODERN, lr=0.01, warmup_epochs=1.0)
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("recipe", [CLASSIC_TINY, MODERN_TINY], ids=["classic", "modern"])
+def test_learns_a_separable_task(recipe, tmp_path):
+    train_loader, val_loader = make_loaders()
+    records = []
+    result = train_and_evaluate(tiny_model(), recipe, train_loader, val_loader, num_classes=CLASSES,
+                                options=TrainOptions(checkpoint_dir=tmp_path), on_epoch=records.append)
+    assert set(result) == RESULT_KEYS
+    assert result["status"] == "finished" and result["reason"] == ""
+    assert result["epochs_completed"] == 3 and result["resumed_from_epoch"] == 0
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert all(tuple(r) == EPOCH_KEYS for r in records)
+    assert result["history"] == records
+    assert records[-1]["train_loss"] < records[0]["train_loss"]
+    assert result["top1"] >= 90.0  # chance is 25 %
+    assert result["top5"] == 100.0  # top-4 of 4 classes
+    assert result["top1"] == records[-1]["val_top1"] and result["train_loss"] == records[-1]["train_loss"]
+    assert result["train_img_per_s"] > 0 and result["eval_img_per_s"] > 0 and result["peak_memory_mb"] > 0
+    assert json.loads((tmp_path / "final.json").read_text())["top1"] == result["top1"]
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+
+
+def test_modern_schedule_warms_up_then_cosine_to_min_lr():
+    optimizer = build_optimizer(tiny_model(), MODERN)  # 300 epochs, 20 warm-up, peak 4e-3 at 4096
+    steps_per_epoch = 2
+    scheduler = build_schedule(optimizer, MODERN, steps_per_epoch)
+
+    def lr_at(update: int) -> float:
+        scheduler.step_update(num_updates=update)
+        return optimizer.param_groups[0]["lr"]
+
+    assert lr_at(0) == 0.0
+    assert lr_at(20) == pytest.approx(MODERN.lr() / 2)
+    assert lr_at(40) == pytest.approx(4e-3)  # end of 20 warm-up epochs: the peak
+    assert lr_at(40 + 280) == pytest.approx((4e-3 + 1e-6) / 2)  # half-way through the cosine
+    last = 1e-6 + 0.5 * (4e-3 - 1e-6) * (1 + math.cos(math.pi * 559 / 560))  # one update before the end
+    assert lr_at(599) == pytest.approx(last) and last < 1.04e-6
+
+
+def test_classic_schedule_drops_tenfold_at_epochs_30_60_80():
+    optimizer = build_optimizer(tiny_model(), CLASSIC)
+    scheduler = build_schedule(optimizer, CLASSIC, steps_per_epoch=2)
+    lrs = {}
+    for update in (0, 59, 60, 119, 120, 159, 160, 179):
+        scheduler.step_update(num_updates=update)
+        lrs[update] = optimizer.param_groups[0]["lr"]
+    assert lrs[0] == lrs[59] == pytest.approx(0.1)
+    assert lrs[60] == lrs[119] == pytest.approx(0.01)
+    assert lrs[120] == lrs[159] == pytest.approx(0.001)
+    assert lrs[160] == lrs[179] == pytest.approx(0.0001)
+
+
+def test_optimizers_follow_the_recipes():
+    sgd = build_optimizer(tiny_model(), CLASSIC)
+    assert isinstance(sgd, torch.optim.SGD) and not sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
+    assert {group["weight_decay"] for group in sgd.param_groups} == {1e-4}  # decay on everything
+    adamw = build_optimizer(tiny_model(), MODERN)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.999)
+    decay = {group["weight_decay"]: [p.ndim for p in group["params"]] for group in adamw.param_groups}
+    assert set(decay) == {0.0, 0.05}
+    assert all(ndim == 1 for ndim in decay[0.0]) and all(ndim > 1 for ndim in decay[0.05])
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
+    recipe = MODERN_TINY  # mixup/cutmix (numpy RNG) and dropout (torch RNG) both consume randomness
+    train_loader, val_loader = make_loaders()
+    whole_model = tiny_model()
+    whole = train_and_evaluate(whole_model, recipe, train_loader, val_loader, num_classes=CLASSES,
+                               options=TrainOptions(checkpoint_dir=tmp_path / "whole"))
+
+    def crash_after_first_epoch(record: dict) -> None:
+        raise RuntimeError(f"killed after epoch {record['epoch']}")
+
+    options = TrainOptions(checkpoint_dir=tmp_path / "crashed")
+    train_loader, val_loader = make_loaders()
+    with pytest.raises(RuntimeError, match="killed after epoch 1"):
+        train_and_evaluate(tiny_model(), recipe, train_loader, val_loader, num_classes=CLASSES,
+                           options=options, on_epoch=crash_after_first_epoch)
+    assert not (tmp_path / "crashed" / "final.json").exists()
+
+    seen = []
+    train_loader, val_loader = make_loaders()
+    resumed_model = tiny_model()
+    resumed = train_and_evaluate(resumed_model, recipe, train_loader, val_loader, num_classes=CLASSES,
+                                 options=options, on_epoch=seen.append)
+    assert resumed["resumed_from_epoch"] == 1 and [r["epoch"] for r in seen] == [2, 3]
+    assert resumed["epochs_completed"] == 3
+    for key in ("top1", "top5", "train_loss"):
+        assert resumed[key] == whole[key], key
+    strip = ("train_img_per_s",)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in resumed["history"]] == [
+        {k: v for k, v in r.items() if k not in strip} for r in whole["history"]
+    ]
+    for name, tensor in weights(whole_model).items():
+        assert torch.equal(tensor, resumed_model.state_dict()[name]), name
+
+
+def test_final_json_makes_a_rerun_skip(tmp_path):
+    train_loader, val_loader = make_loaders()
+    options = TrainOptions(checkpoint_dir=tmp_path)
+    first = train_and_evaluate(tiny_model(), CLASSIC_TINY, train_loader, val_loader, num_classes=CLASSES,
+                               options=options)
+    model, seen = tiny_model(), []
+    before = weights(model)
+    again = train_and_evaluate(model, CLASSIC_TINY, train_loader, val_loader, num_classes=CLASSES,
+                               options=options, on_epoch=seen.append)
+    assert again == first and seen == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not trained again
+
+
+class DivergesAfter(nn.Module):
+    """The tiny model, but its training forward passes return NaN from call `calls` on."""
+
+    def __init__(self, calls: int):
+        super().__init__()
+        self.inner, self.calls, self.left = tiny_model(), calls, calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if self.training:
+            self.left -= 1
+            if self.left < 0:
+                return out * math.nan
+        return out
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    train_loader, val_loader = make_loaders()  # 4 batches per epoch
+    seen = []
+    result = train_and_evaluate(DivergesAfter(6), CLASSIC_TINY, train_loader, val_loader, num_classes=CLASSES,
+                                options=TrainOptions(checkpoint_dir=tmp_path), on_epoch=seen.append)
+    assert result["status"] == "diverged"
+    assert result["reason"] == "non-finite loss nan at epoch 2, iteration 3 of 4"
+    assert result["epochs_completed"] == 1 and [r["epoch"] for r in seen] == [1]
+    assert math.isnan(result["top1"]) and math.isnan(result["train_loss"])
+    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert json.loads((tmp_path / "final.json").read_text())["status"] == "diverged"
+
+
+def test_huge_learning_rate_diverges(tmp_path):
+    train_loader, val_loader = make_loaders()
+    recipe = recipe_for(CLASSIC, lr=1e30)
+    result = train_and_evaluate(tiny_model(), recipe, train_loader, val_loader, num_classes=CLASSES,
+                                options=TrainOptions(checkpoint_dir=tmp_path))
+    assert result["status"] == "diverged" and "epoch 1, iteration" in result["reason"]
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_effective_batch_must_match_the_recipe(tmp_path):
+    train_loader, val_loader = make_loaders(batch=8)
+    with pytest.raises(SpecError, match=r"8 per process x 1 processes x 1 accumulation steps = 8 does not match"):
+        train_and_evaluate(tiny_model(), CLASSIC_TINY, train_loader, val_loader, num_classes=CLASSES,
+                           options=TrainOptions(checkpoint_dir=tmp_path))
+    odd_loaders = make_loaders(batch=7)
+    with pytest.raises(SpecError, match="even batch"):
+        train_and_evaluate(tiny_model(), recipe_for(MODERN, batch=7), *odd_loaders, num_classes=CLASSES,
+                           options=TrainOptions(checkpoint_dir=tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    # No BN and no dropout: two micro-batches of 8 then are the same optimizer step as one batch of 16.
+    recipe = recipe_for(CLASSIC, epochs=2)
+    big, micro = tiny_model(batchnorm=False, dropout=0.0), tiny_model(batchnorm=False, dropout=0.0)
+    train_and_evaluate(big, recipe, *make_loaders(batch=16), num_classes=CLASSES,
+                       options=TrainOptions(checkpoint_dir=tmp_path / "big"))
+    train_and_evaluate(micro, recipe, *make_loaders(batch=8), num_classes=CLASSES,
+                       options=TrainOptions(checkpoint_dir=tmp_path / "micro", accumulation_steps=2))
+    for name, tensor in big.state_dict().items():
+        torch.testing.assert_close(micro.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_epochs_only_evaluates(tmp_path):
+    train_loader, val_loader = make_loaders()
+    model, seen = tiny_model(), []
+    before = weights(model)
+    options = TrainOptions(checkpoint_dir=tmp_path)
+    result = train_and_evaluate(model, recipe_for(CLASSIC, epochs=0), train_loader, val_loader,
+                                num_classes=CLASSES, options=options, on_epoch=seen.append)
+    assert result["status"] == "finished" and result["epochs_completed"] == 0 and result["history"] == []
+    assert seen == [] and math.isnan(result["train_loss"])
+    assert result["top1"] == evaluate(model, val_loader, num_classes=CLASSES, options=options)["top1"]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_top5_with_two_classes_is_top2(tmp_path):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
+    val_loader = DataLoader(TensorDataset(torch.randn(10, 3, 8, 8), torch.arange(10) % 2), batch_size=4)
+    scores = evaluate(model, val_loader, num_classes=2, options=TrainOptions(checkpoint_dir=tmp_path))
+    assert scores["top5"] == 100.0 and 0 <= scores["top1"] <= 100
+
+
+def test_bf16_autocast_runs_on_the_cpu(tmp_path):
+    result = train_and_evaluate(tiny_model(), recipe_for(MODERN, epochs=1, lr=0.01), *make_loaders(),
+                                num_classes=CLASSES, options=TrainOptions(checkpoint_dir=tmp_path, precision="bf16"))
+    assert result["status"] == "finished" and math.isfinite(result["train_loss"])
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"precision": "fp16"}, "precision='fp16' is not valid; choose one of: fp32, bf16"),
+    ({"device": "tpu"}, "device='tpu' is not valid; choose one of: cpu, cuda"),
+    ({"accumulation_steps": 0}, "accumulation_steps=0 is not valid; a whole number >= 1"),
+])
+def test_bad_options_are_one_line_spec_errors(changes, message, tmp_path):
+    with pytest.raises(SpecError) as error:
+        TrainOptions(checkpoint_dir=tmp_path, **changes)
+    assert str(error.value) == message
+
+
+def test_a_checkpoint_from_another_recipe_is_refused(tmp_path):
+    train_loader, val_loader = make_loaders()
+
+    def stop(record: dict) -> None:
+        raise RuntimeError("stop")
+
+    options = TrainOptions(checkpoint_dir=tmp_path)
+    with pytest.raises(RuntimeError):
+        train_and_evaluate(tiny_model(), CLASSIC_TINY, train_loader, val_loader, num_classes=CLASSES,
+                           options=options, on_epoch=stop)
+    with pytest.raises(SpecError, match="remove it or choose another checkpoint_dir"):
+        train_and_evaluate(tiny_model(), MODERN_TINY, train_loader, val_loader, num_classes=CLASSES,
+                           options=options)
+
+
+DDP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch.distributed as dist
+    sys.path.insert(0, sys.argv[2])
+    from test_engine import MODERN_TINY, CLASSES, make_loaders, tiny_model
+    from torch.utils.data import DataLoader, DistributedSampler
+    from roadmap import distributed
+    from roadmap.engine import TrainOptions, train_and_evaluate
+
+    world = distributed.init_distributed("cpu")
+    train_loader, val_loader = make_loaders(batch=8)
+    sampler = DistributedSampler(train_loader.dataset, num_replicas=world.world_size, rank=world.rank,
+                                 shuffle=True, seed=0, drop_last=True)
+    train_loader = DataLoader(train_loader.dataset, batch_size=8, sampler=sampler, drop_last=True)
+    result = train_and_evaluate(tiny_model(), MODERN_TINY, train_loader, val_loader, num_classes=CLASSES,
+                                options=TrainOptions(checkpoint_dir=Path(sys.argv[1]), world=world))
+    Path(sys.argv[1], f"rank{world.rank}.json").write_text(json.dumps(result))
+    distributed.cleanup()
+""")
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_gloo(tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(DDP_SCRIPT)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(tmp_path / "run"), str(Path(__file__).parent)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rank0 = json.loads((tmp_path / "run" / "rank0.json").read_text())
+    rank1 = json.loads((tmp_path / "run" / "rank1.json").read_text())
+    assert rank0["status"] == "finished" and rank0["epochs_completed"] == 3
+    assert rank0["top1"] == rank1["top1"] and rank0["history"][-1]["lr"] == rank1["history"][-1]["lr"]
+    assert rank0["top1"] >= 80.0
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["top1"] == rank0["top1"]
