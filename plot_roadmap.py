@@ -27,10 +27,12 @@ FORMAT_CHOICES = ("png", "svg", "pdf")
               "Default: results/<experiment>/; with --csv the CSV's folder; with --paper results/paper/<roadmap>/.")
 @click.option("--format", "formats", default="png,svg", show_default=True, help="Comma-separated file formats, "
               "one file per figure each: png, svg, pdf (e.g. png,pdf).")
+@click.option("--dpi", type=click.IntRange(min=30, max=1200), default=200, show_default=True,
+              help="Resolution of PNG files (dots per inch); SVG and PDF are vector files.")
 @click.option("--steps-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder holding the roadmaps (default: this project's steps/).")
 def main(tracking_uri: str | None, experiment: str | None, roadmap_name: str | None, csv_path: Path | None,
-         paper: bool, out_dir: Path | None, formats: str, steps_dir: Path | None) -> int:
+         paper: bool, out_dir: Path | None, formats: str, dpi: int, steps_dir: Path | None) -> int:
     """Draw the modernization roadmap as in the paper's Figure 2, plus accuracy vs GMACs and vs throughput.
 
     Reads the study's runs from MLflow (or a saved roadmap.csv, or only the paper's numbers) and writes
@@ -76,7 +78,7 @@ def main(tracking_uri: str | None, experiment: str | None, roadmap_name: str | N
         if figure is None:
             click.echo(f"skipped {stem}: {why_not}")
             continue
-        for path in plot.save_figure(figure, out, stem, file_formats):
+        for path in plot.save_figure(figure, out, stem, file_formats, dpi=dpi):
             click.echo(f"wrote {path}")
     return 0
 

@@ -90,7 +90,10 @@ def main(**options) -> int:
         image_size = options["image_size"] or 224
         width = options["width_mult"] or 1.0
         rows = plan_rows(list(roadmap.steps) if options["list_steps"] else steps, image_size, width)
-        click.echo(format_plan_json(rows) if options["as_json"] else format_plan_table(rows, roadmap.title, image_size, width))
+        if options["as_json"]:
+            click.echo(format_plan_json(rows))
+        else:
+            click.echo(format_plan_table(rows, roadmap.title, image_size, width))
         return 0
     from roadmap.study import StudyOptions, run_benchmark, run_study
 

@@ -34,7 +34,8 @@ def parse_int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise SpecError(f"{option}={text!r} is not valid; write whole numbers separated by commas, e.g. 0,1,2") from None
+        raise SpecError(f"{option}={text!r} is not valid; write whole numbers separated by commas, e.g. 0,1,2") \
+            from None
     if not values or any(v < 0 for v in values) or len(set(values)) != len(values):
         raise SpecError(f"{option}={text!r} is not valid; write distinct whole numbers >= 0, e.g. 0,1,2")
     return values

@@ -342,6 +342,9 @@ def _global_loss(loss: torch.Tensor, device: torch.device) -> float:
 
 def _result(status: str, reason: str, history: list[dict], evaluation: dict | None, resumed_from: int,
             eval_rate: float, wall_time_s: float, device: torch.device) -> dict[str, Any]:
+    """The run's outcome. top1/top5 (%) and train_loss are the last epoch's (NaN after a divergence, or no
+    epoch); train_img_per_s is the mean over all epochs, eval_img_per_s the last evaluation's; wall_time_s
+    adds up every attempt of this run, interrupted ones included."""
     rates = [record["train_img_per_s"] for record in history]
     return {
         "status": status,

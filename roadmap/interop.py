@@ -47,6 +47,7 @@ class InteropError(SpecError):
 
 
 def check_interop(interop: str) -> str:
+    """`interop` itself if it is one of INTEROPS, else InteropError listing them."""
     if interop not in INTEROPS:
         raise InteropError(f"interop {interop!r} is not valid; choose one of: {', '.join(INTEROPS)}")
     return interop
@@ -126,19 +127,29 @@ def _key_map(model: RoadmapNet, interop: str) -> KeyMap:
         "torchvision.convnext": _torchvision_convnext_pairs,
         "timm.convnext": _timm_convnext_pairs,
     }[interop](model)
-    ours = model.state_dict()
+    renames = dict(pairs)
     key_map: KeyMap = {}
-    for our_prefix, their_prefix in pairs:
-        for key, tensor in ours.items():
-            if key == our_prefix or key.startswith(our_prefix + "."):
-                shape = tensor.shape
-                if interop == "torchvision.convnext" and key.endswith("layer_scale.gamma"):
-                    shape = torch.Size((tensor.numel(), 1, 1))  # torchvision's layer scale is (C, 1, 1)
-                key_map[key] = (their_prefix + key[len(our_prefix) :], shape)
-    unmapped = [key for key in ours if key not in key_map]
+    for key, tensor in model.state_dict().items():
+        prefix = _longest_prefix(key, renames)
+        if prefix is None:
+            continue
+        shape = tensor.shape
+        if interop == "torchvision.convnext" and key.endswith("layer_scale.gamma"):
+            shape = torch.Size((tensor.numel(), 1, 1))  # torchvision's layer scale is (C, 1, 1)
+        key_map[key] = (renames[prefix] + key[len(prefix) :], shape)
+    unmapped = [key for key in model.state_dict() if key not in key_map]
     if unmapped:
         raise InteropError(f"model tensor(s) {_first(unmapped)} have no counterpart in {interop}")
     return key_map
+
+
+def _longest_prefix(key: str, renames: dict[str, str]) -> str | None:
+    """The longest dotted prefix of `key` (the key itself included) that `renames` holds."""
+    parts = key.split(".")
+    for cut in range(len(parts), 0, -1):
+        if (prefix := ".".join(parts[:cut])) in renames:
+            return prefix
+    return None
 
 
 def _resnet_pairs(model: RoadmapNet) -> list[tuple[str, str]]:
@@ -158,8 +169,9 @@ def _resnet_pairs(model: RoadmapNet) -> list[tuple[str, str]]:
 def _timm_convnext_pairs(model: RoadmapNet) -> list[tuple[str, str]]:
     pairs = [("stem.conv", "stem.0"), ("stem.norm", "stem.1")]
     for s, stage in enumerate(model.stages):
-        pairs += [(f"stages.{s}.downsample.norm", f"stages.{s}.downsample.0")]
-        pairs += [(f"stages.{s}.downsample.conv", f"stages.{s}.downsample.1")]
+        if s > 0:  # the first stage has no downsampling
+            pairs += [(f"stages.{s}.downsample.norm", f"stages.{s}.downsample.0")]
+            pairs += [(f"stages.{s}.downsample.conv", f"stages.{s}.downsample.1")]
         for b, block in enumerate(stage.blocks):
             prefix = f"stages.{s}.blocks.{b}"
             pairs += [(f"{prefix}.{name}", f"{prefix}.{name}") for name in ("conv_dw", "norm")]
@@ -174,8 +186,9 @@ def _torchvision_convnext_pairs(model: RoadmapNet) -> list[tuple[str, str]]:
     """torchvision's `features` interleaves stages and downsamplings: stem 0, stage s at 2s+1, its downsample at 2s."""
     pairs = [("stem.conv", "features.0.0"), ("stem.norm", "features.0.1")]
     for s, stage in enumerate(model.stages):
-        pairs += [(f"stages.{s}.downsample.norm", f"features.{2 * s}.0")]
-        pairs += [(f"stages.{s}.downsample.conv", f"features.{2 * s}.1")]
+        if s > 0:  # the first stage has no downsampling
+            pairs += [(f"stages.{s}.downsample.norm", f"features.{2 * s}.0")]
+            pairs += [(f"stages.{s}.downsample.conv", f"features.{2 * s}.1")]
         for b in range(len(stage.blocks)):
             ours, theirs = f"stages.{s}.blocks.{b}", f"features.{2 * s + 1}.{b}"
             # block.1 and block.6 are the permutes, block.4 the GELU.

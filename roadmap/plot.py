@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-# Figures are built with matplotlib's object API, never pyplot: no GUI backend, no global figure state.
 import pandas as pd
+
+# Figures are built with matplotlib's object API, never pyplot: no GUI backend, no global figure state.
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -38,6 +39,7 @@ EXPLORED_COLOR = "#9db7dd"
 PAPER_COLOR = "#e07b39"
 REFERENCE_COLOR = "#6b6b6b"
 EMPTY_COLOR = "#9a9a9a"
+BAND_COLOR = "#f2f2f2"
 
 
 class SummaryError(SpecError):
@@ -158,6 +160,8 @@ class GroupSpan:
 
 @dataclass(frozen=True)
 class RoadmapChartData:
+    """Everything the roadmap chart draws; rows in roadmap order, top to bottom."""
+
     title: str
     label: StudyLabel
     rows: tuple[ChartRow, ...]
@@ -176,6 +180,8 @@ class RoadmapChartData:
 
 @dataclass(frozen=True)
 class Point:
+    """One step in a scatter figure."""
+
     step: str
     label: str
     x: float
@@ -198,6 +204,8 @@ class Trajectory:
 
 @dataclass(frozen=True)
 class AccuracyVsGmacsData:
+    """Everything the accuracy vs GMACs figure draws."""
+
     title: str
     label: StudyLabel
     study: Trajectory | None  # None for the paper figure
@@ -208,6 +216,8 @@ class AccuracyVsGmacsData:
 
 @dataclass(frozen=True)
 class ThroughputPanel:
+    """One panel of the throughput figure: training or inference img/s."""
+
     xlabel: str
     column: str  # the summary column the x values come from
     trajectory: Trajectory
@@ -215,6 +225,8 @@ class ThroughputPanel:
 
 @dataclass(frozen=True)
 class AccuracyVsThroughputData:
+    """Everything the accuracy vs throughput figure draws."""
+
     title: str
     label: StudyLabel
     panels: tuple[ThroughputPanel, ...]
@@ -264,7 +276,14 @@ def study_label(summary: pd.DataFrame, roadmap: Roadmap) -> StudyLabel:
 
 
 def roadmap_chart_data(summary: pd.DataFrame, roadmap: Roadmap) -> RoadmapChartData:
-    """The bars, error bars, paper markers, groups and reference line of the roadmap chart."""
+    """The bars, error bars, paper markers, groups and reference line of the roadmap chart.
+
+    Scales: when the study ran on real (not synthetic, not CIFAR) data and every accuracy lies within
+    SHARED_SCALE_MARGIN points of the paper's, both share one axis: the paper is a marker on each row and
+    "top-1 · GMACs · params" a column right of the axes. Otherwise the paper's bars get their own panel
+    beside ours, each panel with its own x-scale, so that neither squashes the other. For a summary
+    from paper_summary() the bars are the paper's.
+    """
     by_step = _rows_by_step(summary, roadmap)
     label = study_label(summary, roadmap)
     rows = []
@@ -408,8 +427,8 @@ def _shares_paper_scale(label: StudyLabel, ours: list[tuple[float, float]], pape
 def _bar_limits(values: Iterable[tuple[float, float]], annotation_room: float = 0.3) -> tuple[float, float]:
     """x-limits for bars that start at the left edge, with room on the right for the annotations.
 
-    The left edge sits a quarter of the values' spread below the lowest (not at 0, as in the paper's
-    Figure 2), so that differences of a few tenths of a point stay visible at any accuracy scale.
+    As in the paper's Figure 2 the left edge is not 0 but sits a quarter of the values' spread below the
+    lowest, so that differences of a few tenths of a point stay visible at any accuracy scale.
     """
     spans = [(v - (s if math.isfinite(s) else 0), v + (s if math.isfinite(s) else 0)) for v, s in values]
     if not spans:
@@ -486,9 +505,7 @@ def draw_roadmap_chart(data: RoadmapChartData) -> Figure:
     caption = data.label.caption
     if any(row.paper_note for row in rows) and (data.label.from_paper or data.paper_panel):
         caption += "\n* GFLOPs as published; the step's conv + linear MACs differ (see the note in its step file)"
-    legend = fig.legend(handles=_roadmap_legend(data), loc="outside lower center", ncols=5, fontsize=8,
-                        frameon=False, title=caption, title_fontsize=8)
-    legend.get_title().set_color("#444444")
+    _caption_legend(fig, caption, _roadmap_legend(data))
     return fig
 
 
@@ -508,9 +525,11 @@ def _draw_bars(ax, rows: Sequence[ChartRow], groups: Sequence[GroupSpan], xlim: 
     """Bars from the left edge to each row's top-1, ± std, annotated with GMACs and params; empty slots."""
     left, right = xlim
     column_transform = blended_transform_factory(ax.transAxes, ax.transData)
+    background = ["white"] * len(rows)
     for index, span in enumerate(groups):
-        if index % 2:
-            ax.axhspan(span.first_row - 0.5, span.last_row + 0.5, color="#f2f2f2", zorder=0, lw=0)
+        if index % 2:  # every other design stage on a grey band
+            ax.axhspan(span.first_row - 0.5, span.last_row + 0.5, color=BAND_COLOR, zorder=0, lw=0)
+            background[span.first_row:span.last_row + 1] = [BAND_COLOR] * (span.last_row - span.first_row + 1)
     for y, row in enumerate(rows):
         if not row.drawn:
             ax.barh(y, right - left, left=left, height=0.62, facecolor="none", edgecolor=EMPTY_COLOR,
@@ -532,7 +551,7 @@ def _draw_bars(ax, rows: Sequence[ChartRow], groups: Sequence[GroupSpan], xlim: 
         else:
             ax.annotate(f"{row.top1:.2f}   {text}".rstrip(), (row.top1 + (std or 0.0), y), xytext=(4, 0),
                         textcoords="offset points", ha="left", va="center", fontsize=7.5, color="#222222", zorder=5,
-                        bbox={"facecolor": "white", "alpha": 0.6, "edgecolor": "none", "pad": 0.6})
+                        bbox={"facecolor": background[y], "edgecolor": "none", "pad": 0.6})  # hides lines behind
     if annotate_in_column:
         ax.text(1.01, -0.9, "top-1 · GMACs · params", transform=column_transform, ha="left", va="center", fontsize=7.5,
                 fontweight="bold", color="#333333")
@@ -603,12 +622,11 @@ def draw_accuracy_vs_gmacs(data: AccuracyVsGmacsData) -> Figure:
         ax.set_xlabel("GMACs (G multiply-accumulates, conv + linear)")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(color="#e5e5e5", lw=0.6)
-        ax.legend(handles=_trajectory_legend(ax), fontsize=8, loc="best")
     if data.paper_panel:
         study_axis.set_title(f"this study · {data.label.dataset}", fontsize=9)
         paper_axis.set_title(f"{data.label.paper_source}, {data.label.paper_dataset}", fontsize=9)
     fig.suptitle(data.title, fontweight="bold")
-    fig.supxlabel(data.label.caption, fontsize=8, color="#444444")
+    _caption_legend(fig, data.label.caption)
     if data.paper_panel:
         _label_points(fig, [(study_axis, [data.study]), (paper_axis, [data.paper])])
     else:
@@ -626,9 +644,8 @@ def draw_accuracy_vs_throughput(data: AccuracyVsThroughputData) -> Figure:
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(color="#e5e5e5", lw=0.6)
-        ax.legend(handles=_trajectory_legend(ax), fontsize=8, loc="best")
     fig.suptitle(data.title, fontweight="bold")
-    fig.supxlabel(data.label.caption, fontsize=8, color="#444444")
+    _caption_legend(fig, data.label.caption)
     _label_points(fig, [(ax, [panel.trajectory]) for ax, panel in zip(axes[0], data.panels)])
     return fig
 
@@ -671,12 +688,15 @@ def _label_points(fig: Figure, panels: Sequence[tuple[object, Sequence[Trajector
     pixels_per_point = fig.dpi / 72
     for ax, trajectories in panels:
         to_pixels = ax.transData.transform
-        radius = 4 * pixels_per_point
+        radius = 6 * pixels_per_point  # a marker and a margin around it
         obstacles: list[tuple[float, float, float, float]] = []  # (x0, y0, x1, y1) in pixels
+        markers: list[tuple[float, float, float, float]] = []
         for trajectory in trajectories:
             for point in trajectory.points:
                 x, y = to_pixels((point.x, point.y))
-                obstacles.append((x - radius, y - radius, x + radius, y + radius))
+                markers.append((x - radius, y - radius, x + radius, y + radius))
+        obstacles.extend(markers)
+        for trajectory in trajectories:
             for start, end in trajectory.adopted_path + trajectory.branches:
                 (x0, y0), (x1, y1) = to_pixels([(trajectory.point(start).x, trajectory.point(start).y),
                                                 (trajectory.point(end).x, trajectory.point(end).y)])
@@ -695,6 +715,7 @@ def _label_points(fig: Figure, panels: Sequence[tuple[object, Sequence[Trajector
                     box = _label_box(anchor, spot, extent.width, extent.height, pixels_per_point)
                     area = (box[2] - box[0]) * (box[3] - box[1])
                     cost = sum(_overlap(box, other) for other in obstacles) + 10 * (area - _overlap(box, frame))
+                    cost += area * _leader_crossings(anchor, spot, pixels_per_point, markers)
                     if cost < best_cost - 1e-9:
                         best_cost, best_spot, best_box = cost, spot, box
                 dx, dy, horizontal, vertical = best_spot
@@ -703,6 +724,19 @@ def _label_points(fig: Figure, panels: Sequence[tuple[object, Sequence[Trajector
                             ha=horizontal, va=vertical, fontsize=7, color="#333333", zorder=5,
                             arrowprops=leader if max(abs(dx), abs(dy)) >= LEADER_DISTANCE else None)
                 obstacles.append(best_box)
+
+
+def _leader_crossings(anchor, spot, pixels_per_point: float, markers: Sequence[tuple[float, ...]]) -> int:
+    """How many other points a leader line from `anchor` to a label at `spot` would pass over."""
+    dx, dy = spot[0] * pixels_per_point, spot[1] * pixels_per_point
+    if max(abs(spot[0]), abs(spot[1])) < LEADER_DISTANCE:
+        return 0
+    samples = [(anchor[0] + t * dx, anchor[1] + t * dy) for t in (0.4, 0.55, 0.7, 0.85, 1.0)]
+    return sum(
+        any(box[0] <= x <= box[2] and box[1] <= y <= box[3] for x, y in samples)
+        for box in markers
+        if not box[0] <= anchor[0] <= box[2] or not box[1] <= anchor[1] <= box[3]  # not the point's own marker
+    )
 
 
 def _label_box(anchor, spot, width: float, height: float, pixels_per_point: float) -> tuple[float, ...]:
@@ -720,8 +754,14 @@ def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
     return width * height if width > 0 and height > 0 else 0.0
 
 
-def _trajectory_legend(ax) -> list:
-    return [line for line in ax.get_lines() if not line.get_label().startswith("_") and len(line.get_xdata())]
+def _caption_legend(fig: Figure, caption: str, handles: list | None = None) -> None:
+    """One legend below the panels, titled with the caption (data set, preset, seeds, MAC convention)."""
+    if handles is None:  # every labelled marker set of every panel, once
+        lines = [line for ax in fig.axes for line in ax.get_lines() if len(line.get_xdata())]
+        handles = list({line.get_label(): line for line in lines if not line.get_label().startswith("_")}.values())
+    legend = fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5) or 1, fontsize=8,
+                        frameon=False, title=caption, title_fontsize=8)
+    legend.get_title().set_color("#444444")
 
 
 # --------------------------------------------------------------------------------------------- files

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from .spec import ArchSpec, SpecError
 from .steps import load_roadmap
+
+if TYPE_CHECKING:
+    from torch import nn
 
 # Blocks per stage of torchvision's / timm's ResNets (v1.5 bottleneck, the ArchSpec defaults).
 RESNET_DEPTHS: dict[str, tuple[int, ...]] = {
@@ -33,25 +35,23 @@ CONVNEXT_ROADMAP = "resnet50_to_convnext_t"
 
 # Sizes each library implements; torchvision has no ResNet-200 and no ConvNeXt-XL.
 LIBRARIES = ("torchvision", "timm")
-TORCHVISION_SIZES = ("resnet50", "resnet101", "resnet152", "convnext_tiny", "convnext_small", "convnext_base",
-                     "convnext_large")
+TORCHVISION_SIZES = (
+    "resnet50", "resnet101", "resnet152", "convnext_tiny", "convnext_small", "convnext_base", "convnext_large"
+)
 
 
-def _resnet(depths: tuple[int, ...]) -> ArchSpec:
-    return ArchSpec(depths=depths)
+def _model_sizes() -> dict[str, ArchSpec]:
+    sizes = {name: ArchSpec(depths=depths) for name, depths in RESNET_DEPTHS.items()}
+    convnext_t = [step for step in load_roadmap(CONVNEXT_ROADMAP).steps if step.adopted][-1].arch
+    for name, (depths, base_width, drop_path_rate) in CONVNEXT_SIZES.items():
+        widths = tuple(base_width * 2**stage for stage in range(len(depths)))
+        sizes[name] = dataclasses.replace(
+            convnext_t, depths=depths, widths=widths, stem_width=base_width, drop_path_rate=drop_path_rate
+        )
+    return sizes
 
 
-def _convnext(depths: tuple[int, ...], base_width: int, drop_path_rate: float) -> ArchSpec:
-    final = [step for step in load_roadmap(CONVNEXT_ROADMAP).steps if step.adopted][-1].arch
-    widths = tuple(base_width * 2**stage for stage in range(len(depths)))
-    return dataclasses.replace(
-        final, depths=depths, widths=widths, stem_width=base_width, drop_path_rate=drop_path_rate
-    )
-
-
-MODEL_SIZES: dict[str, ArchSpec] = {name: _resnet(depths) for name, depths in RESNET_DEPTHS.items()} | {
-    name: _convnext(*size) for name, size in CONVNEXT_SIZES.items()
-}
+MODEL_SIZES: dict[str, ArchSpec] = _model_sizes()
 
 
 def get_size(name: str) -> ArchSpec:

@@ -145,8 +145,9 @@ def render(generation_seed: int, split: str, index: int, num_classes: int, size:
 class SyntheticImages(Dataset):
     """`length` synthetic images of one split as (PIL RGB image, label); nothing is downloaded.
 
-    Images are rendered on first access and kept in memory (as uint8) when the whole split fits in
-    `cache_bytes`; worker processes each fill their own copy.
+    When the whole split fits in `cache_bytes` (uint8), it is rendered once here, so that DataLoader
+    workers forked later share it instead of each rendering it again; otherwise each item is rendered
+    when asked for.
     """
 
     def __init__(self, num_classes: int, length: int, size: int, generation_seed: int, split: str,
@@ -157,20 +158,21 @@ class SyntheticImages(Dataset):
         self.num_classes, self.length, self.size = num_classes, length, size
         self.generation_seed, self.split = generation_seed, split
         self.targets = [label_of(index, num_classes) for index in range(length)]
-        self._cache: dict[int, np.ndarray] | None = {} if length * size * size * 3 <= cache_bytes else None
+        self._cache: np.ndarray | None = None
+        if length * size * size * 3 <= cache_bytes:
+            self._cache = np.stack([self._render(index) for index in range(length)])
 
     def __len__(self) -> int:
         return self.length
 
+    def _render(self, index: int) -> np.ndarray:
+        return render(self.generation_seed, self.split, index, self.num_classes, self.size)
+
     def pixels(self, index: int) -> np.ndarray:
+        """Image `index` as a (size, size, 3) uint8 array."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} is out of range for {self.length} synthetic images")
-        if self._cache is not None and index in self._cache:
-            return self._cache[index]
-        array = render(self.generation_seed, self.split, index, self.num_classes, self.size)
-        if self._cache is not None:
-            self._cache[index] = array
-        return array
+        return self._render(index) if self._cache is None else self._cache[index]
 
     def __getitem__(self, index: int) -> tuple[Image.Image, int]:
         return Image.fromarray(self.pixels(index)), self.targets[index]

@@ -27,3 +27,9 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
         cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+@pytest.fixture
+def cli():
+    """`cli(*args)` runs run_ablation.py (or the script named first) and returns the CompletedProcess."""
+    return run_cli

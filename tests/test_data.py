@@ -38,6 +38,8 @@ def test_render_is_a_pure_function_of_seed_split_and_index():
     image, label = images[12]
     assert image.mode == "RGB" and image.size == (32, 32) and label == 2
     assert np.array_equal(np.asarray(image), first)
+    uncached = synthetic.SyntheticImages(10, 20, 32, generation_seed=7, split="train", cache_bytes=0)
+    assert np.array_equal(np.asarray(uncached[12][0]), first)
 
 
 def test_labels_are_balanced():
@@ -197,7 +199,8 @@ def test_validate_data_names_each_imagefolder_problem(tmp_path, case):
     assert "\n" not in str(caught.value) and isinstance(caught.value, SpecError)
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+# With workers, torch's DataLoader takes ~5 s per worker to shut down after a worker raised: slow.
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_corrupt_image_mid_epoch_names_the_file(tmp_path, workers):
     root = _write_tree(tmp_path / "tree", GOOD_TREE)
     broken = _corrupt(root / "train" / "eel" / "0.png")

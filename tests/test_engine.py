@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from roadmap.checkpoint import load_checkpoint
+from roadmap.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
 from roadmap.engine import (
     EPOCH_KEYS,
     TrainOptions,
@@ -265,9 +265,10 @@ def test_top5_with_two_classes_is_top2(tmp_path):
     assert scores["top5"] == 100.0 and 0 <= scores["top1"] <= 100
 
 
-def test_bf16_autocast_runs_on_the_cpu(tmp_path):
+def test_bf16_and_channels_last_run_on_the_cpu(tmp_path):
+    options = TrainOptions(checkpoint_dir=tmp_path, precision="bf16", channels_last=True)
     result = train_and_evaluate(tiny_model(), recipe_for(MODERN, epochs=1, lr=0.01), *make_loaders(),
-                                num_classes=CLASSES, options=TrainOptions(checkpoint_dir=tmp_path, precision="bf16"))
+                                num_classes=CLASSES, options=options)
     assert result["status"] == "finished" and math.isfinite(result["train_loss"])
 
 
@@ -295,6 +296,22 @@ def test_a_checkpoint_from_another_recipe_is_refused(tmp_path):
     with pytest.raises(SpecError, match="remove it or choose another checkpoint_dir"):
         train_and_evaluate(tiny_model(), MODERN_TINY, train_loader, val_loader, num_classes=CLASSES,
                            options=options)
+
+
+def test_a_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+    save_json({"top1": 1.0}, tmp_path / "final.json")
+
+    def crash_mid_write(state, file):
+        file.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("roadmap.checkpoint.torch.save", crash_mid_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
+    assert load_checkpoint(tmp_path / "last.pt") == {"epoch": 1}
+    assert load_json(tmp_path / "final.json") == {"top1": 1.0}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["final.json", "last.pt"]  # no temporary file left
 
 
 DDP_SCRIPT = textwrap.dedent("""

@@ -1,6 +1,8 @@
 """The figures: the numbers each one draws equal the runs' or the paper's; the CLI writes them and fails cleanly."""
 from __future__ import annotations
 
+import functools
+import importlib.util
 import math
 import subprocess
 import sys
@@ -94,10 +96,22 @@ def test_paper_chart_draws_table_10(paper_summary):
     assert {row.step for row in data.rows if row.hatched} == EXPLORED
     assert [span.name for span in data.groups] == GROUPS
     assert data.rows[4].annotation == "2.35G" and data.rows[8].annotation == "4.10G"
+    # Table 10's GFLOPs for these two are not conv + linear MACs: marked, with the step file's note.
+    assert [row.step for row in data.rows if row.annotation.endswith("*")] == ["bn_to_ln", "separate_downsampling"]
     assert data.reference == plot.Reference("Swin-T", 81.3, 4.5)
     assert not data.paper_panel and not data.paper_markers
     assert data.xlim[0] <= 76.13 and data.xlim[1] > 82.03
     assert "Table 10" in data.label.caption and plot.MAC_CONVENTION in data.label.caption
+
+
+def test_paper_chart_of_another_roadmap_names_its_table():
+    roadmap_b = load_roadmap("resnet200_to_convnext_b")
+    summary = plot.paper_summary(roadmap_b)
+    data = plot.roadmap_chart_data(summary, roadmap_b)
+    assert data.label.paper_source == "paper (Table 11)" and data.reference.name == "Swin-B"
+    assert [row.top1 for row in data.rows] == [step.paper["top1"] for step in roadmap_b.steps]
+    assert not data.label.paper_has_std and "no std published" in data.label.caption
+    assert plot.accuracy_vs_gmacs_data(summary, roadmap_b) is None  # Table 11 gives no GFLOPs per step
 
 
 def test_chart_from_several_seeds_on_synthetic_data():
@@ -241,10 +255,17 @@ def test_save_figure_writes_each_format(tmp_path, paper_summary):
         plot.save_figure(fig, tmp_path, "roadmap", ("jpg",))
 
 
-def run_plot(*args: str):
-    from plot_roadmap import main
+@functools.cache
+def plot_command():
+    """plot_roadmap.main, loaded from the repository root (which need not be on sys.path)."""
+    spec = importlib.util.spec_from_file_location("plot_roadmap", REPO / "plot_roadmap.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
 
-    return CliRunner().invoke(main, list(args))
+
+def run_plot(*args: str):
+    return CliRunner().invoke(plot_command(), list(args))
 
 
 def written(output: str) -> list[Path]:
@@ -254,11 +275,11 @@ def written(output: str) -> list[Path]:
 def test_cli_draws_a_saved_csv(tmp_path):
     csv_path, _ = write_results(make_summary(seeds=3, missing=("gelu",), failed=("kernel_9",),
                                              throughput=("bench_train_img_per_s",)), tmp_path / "study")
-    result = run_plot("--csv", str(csv_path), "--format", "png,pdf")
+    result = run_plot("--csv", str(csv_path), "--format", "png,svg", "--dpi", "60")
     assert result.exit_code == 0, result.output
     paths = written(result.stdout)
     stems = ("roadmap", "accuracy_vs_gmacs", "accuracy_vs_throughput")
-    assert sorted(path.name for path in paths) == sorted(f"{stem}.{fmt}" for stem in stems for fmt in ("png", "pdf"))
+    assert sorted(path.name for path in paths) == sorted(f"{stem}.{fmt}" for stem in stems for fmt in ("png", "svg"))
     assert all(path.parent == tmp_path / "study" and path.stat().st_size > 1000 for path in paths)
     assert all(path.read_bytes().startswith(b"\x89PNG") for path in paths if path.suffix == ".png")
 
@@ -267,7 +288,7 @@ def test_cli_paper_writes_png_and_svg_without_torch_or_mlflow(tmp_path):
     # A fresh interpreter: the figures must never import torch (nor MLflow, when no tracking store is read).
     code = (
         "import runpy, sys\n"
-        f"sys.argv = ['plot_roadmap.py', '--paper', '--out', {str(tmp_path)!r}]\n"
+        f"sys.argv = ['plot_roadmap.py', '--paper', '--out', {str(tmp_path)!r}, '--dpi', '60']\n"
         "try:\n    runpy.run_path('plot_roadmap.py', run_name='__main__')\n"
         "except SystemExit as done:\n    assert done.code in (0, None), done.code\n"
         "assert 'torch' not in sys.modules and 'mlflow' not in sys.modules, 'torch or mlflow imported'\n"
@@ -285,6 +306,7 @@ def test_cli_paper_writes_png_and_svg_without_torch_or_mlflow(tmp_path):
     (["--paper", "--roadmap", "nope"], "unknown roadmap 'nope'; valid roadmaps: resnet200_to_convnext_b, "
                                        "resnet50_to_convnext_t"),
     (["--paper", "--format", "png,gif"], "'gif' is not a figure format; valid: png, svg, pdf"),
+    (["--paper", "--dpi", "5"], "--dpi"),
     (["--csv", "no/such.csv"], "results file no/such.csv does not exist"),
     (["--paper", "--csv", "x.csv"], "--paper and --csv exclude each other"),
 ])

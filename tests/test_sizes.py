@@ -75,10 +75,10 @@ def test_logits_match_the_reference(name: str):
         reference, interop = reference_model(name)
     reference = reference.to_empty(device="cpu")
     reference.load_state_dict(export_state_dict(ours, interop), strict=True)
-    assert max_logit_diff(ours, reference, image_size=64) <= TOLERANCE
+    assert max_logit_diff(ours, reference) <= TOLERANCE
 
 
-@pytest.mark.parametrize(("name", "interop"), [("resnet101", "timm.resnet"), ("convnext_small", "timm.convnext")])
+@pytest.mark.parametrize(("name", "interop"), [("resnet50", "timm.resnet"), ("convnext_tiny", "timm.convnext")])
 def test_timm_reference_imports_with_any_class_count(name: str, interop: str):
     with torch.device("meta"):
         reference, reference_interop = reference_model(name, "timm", num_classes=10)

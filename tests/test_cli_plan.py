@@ -1,0 +1,77 @@
+"""run_ablation.py without training: the plan table, JSON, roadmaps, and one-line errors with exit code 2."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from roadmap import load_roadmap
+
+
+def test_dry_run_json_lists_every_step_up_to_the_target(cli):
+    result = cli("--upto", "kernel_9", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    roadmap = load_roadmap("resnet50_to_convnext_t")
+    assert [row["step"] for row in rows] == roadmap.names()[: roadmap.names().index("kernel_9") + 1]
+    assert set(rows[0]) == {"step", "group", "adopted", "params", "gmacs", "paper_top1", "paper_gflops"}
+    assert rows[0]["params"] == 25_557_032 and rows[0]["gmacs"] == pytest.approx(4.09, abs=0.01)
+    assert [row["adopted"] for row in rows if row["step"].startswith("kernel_")] == [False, True, False]
+    for row, step in zip(rows, roadmap.steps):
+        assert (row["group"], row["paper_top1"], row["paper_gflops"]) == (
+            step.group, step.paper["top1"], step.paper["gflops"])
+
+
+def test_list_steps_prints_a_table_with_units_and_the_disagreeing_rows(cli):
+    result = cli("--list-steps")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "multiply-accumulates" in out and "params (M)" in out and "paper GFLOPs" in out
+    lines = out.splitlines()
+    assert sum(1 for line in lines if line[:2].strip().isdigit()) == 17
+    assert any(line.startswith("* bn_to_ln:") for line in lines)
+
+
+def test_second_roadmap_plan_computes_every_step(cli):
+    result = cli("--roadmap", "resnet200_to_convnext_b", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)
+    assert rows[0]["step"] == "resnet200" and rows[-1]["step"] == "separate_downsampling"
+    assert all(row["gmacs"] > 1 for row in rows)
+    assert rows[-1]["params"] == 88_591_464  # ConvNeXt-B
+    assert cli("--list-roadmaps").stdout.count("steps") == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--upto", "kernel_13", "--dry-run"], "unknown step 'kernel_13' in roadmap 'resnet50_to_convnext_t'; valid"),
+        (["--roadmap", "vgg_to_vit", "--dry-run"], "unknown roadmap 'vgg_to_vit'; valid roadmaps"),
+        (["--seeds", "0,x", "--dry-run"], "--seeds='0,x' is not valid"),
+        (["--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+        (["--preset", "huge", "--upto", "resnet50"], "preset='huge' is not valid; choose one of: smoke, demo"),
+        (["--epochs", "-1", "--upto", "resnet50"], "epochs=-1 is not valid"),
+        (["--data", "imagefolder:/no/such/dir", "--upto", "resnet50"], "/no/such/dir"),
+        (["--data", "mnist", "--upto", "resnet50"], "valid; choose one of: synthetic, imagefolder, cifar10, cifar100"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, cli):
+    result = cli(*args, "--tracking-uri", f"sqlite:///{tmp_path}/m.db", cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_malformed_step_file_exits_2_naming_file_and_key(tmp_path, cli):
+    import shutil
+
+    from roadmap.steps import DEFAULT_STEPS_DIR
+
+    shutil.copytree(DEFAULT_STEPS_DIR / "resnet50_to_convnext_t", tmp_path / "mine")
+    bad = tmp_path / "mine" / "12_gelu.toml"
+    bad.write_text(bad.read_text().replace('activation = "gelu"', 'activation = "swish"'))
+    result = cli("--steps-dir", str(tmp_path), "--roadmap", "mine", "--dry-run")
+    assert result.returncode == 2
+    assert "12_gelu.toml" in result.stderr
+    assert "activation='swish' is not valid; choose one of: relu, gelu" in result.stderr
