@@ -29,7 +29,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
     )
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli():
     """`cli(*args)` runs run_ablation.py (or the script named first) and returns the CompletedProcess."""
     return run_cli

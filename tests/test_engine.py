@@ -170,6 +170,34 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
         assert torch.equal(tensor, resumed_model.state_dict()[name]), name
 
 
+def test_resume_is_exact_with_the_real_data_pipeline(tmp_path):
+    # roadmap.data's loaders: synthetic images, RandAugment + random erasing, a persistent worker.
+    from roadmap.data import build_datasets, build_loaders
+    from roadmap.spec import DataSpec
+
+    recipe = recipe_for(MODERN, epochs=2, batch=8)
+    datasets = build_datasets(DataSpec(image_size=8, num_classes=CLASSES, train_size=32, val_size=16), recipe)
+
+    def run(folder: str, on_epoch=None) -> tuple[dict, nn.Module]:
+        model = tiny_model()
+        loaders = build_loaders(datasets, 8, workers=1, seed=0)
+        result = train_and_evaluate(model, recipe, *loaders, num_classes=CLASSES,
+                                    options=TrainOptions(checkpoint_dir=tmp_path / folder), on_epoch=on_epoch)
+        return result, model
+
+    def crash(record: dict) -> None:
+        raise RuntimeError("killed")
+
+    whole, whole_model = run("whole")
+    with pytest.raises(RuntimeError):
+        run("crashed", crash)
+    resumed, resumed_model = run("crashed")
+    assert resumed["resumed_from_epoch"] == 1
+    assert (resumed["train_loss"], resumed["top1"]) == (whole["train_loss"], whole["top1"])
+    for name, tensor in whole_model.state_dict().items():
+        assert torch.equal(tensor, resumed_model.state_dict()[name]), name
+
+
 def test_final_json_makes_a_rerun_skip(tmp_path):
     train_loader, val_loader = make_loaders()
     options = TrainOptions(checkpoint_dir=tmp_path)

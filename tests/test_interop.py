@@ -29,6 +29,15 @@ REFERENCES: dict[str, tuple[str, Callable[[], nn.Module]]] = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on cores shared with other jobs, two threads spinning on each other take 2-3x longer."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Fill every tensor so that each one matters: the default inits leave norms at identity and layer scales
     at 1e-6, under which a misplaced norm or block would go unnoticed."""
@@ -40,7 +49,7 @@ def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
             elif name.endswith(("bias", "running_mean")):
                 tensor.normal_(0.0, 0.1, generator=generator)
             elif tensor.dim() >= 2 and "layer_scale" not in name:  # conv / linear weights: unit gain
-                tensor.normal_(0.0, (tensor[0].numel()) ** -0.5, generator=generator)
+                tensor.normal_(0.0, tensor[0].numel() ** -0.5, generator=generator)
             else:  # norm weights, running variances, layer scales
                 tensor.uniform_(0.5, 1.5, generator=generator)
     return model
@@ -62,10 +71,10 @@ def max_logit_diff(model: nn.Module, reference: nn.Module, image_size: int = 32,
     """Batch 2 at 32 px: cheap, and every tensor still feeds the logits (the 1x1 last stage sees only central taps)."""
     images = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        ours, theirs = model.eval()(images), reference.eval()(images)
-    assert ours.shape == theirs.shape
-    assert torch.isfinite(ours).all() and ours.abs().max() > 1e-2, "logits too small to compare"
-    return (ours - theirs).abs().max().item()
+        logits, reference_logits = model.eval()(images), reference.eval()(images)
+    assert logits.shape == reference_logits.shape
+    assert torch.isfinite(logits).all() and logits.abs().max() > 1e-2, "logits too small to compare"
+    return (logits - reference_logits).abs().max().item()
 
 
 def param_count(model: nn.Module) -> int:
@@ -184,6 +193,8 @@ def test_step_outside_the_family_layout_is_refused():
         export_state_dict(ours("resnet50"), "timm.convnext")
     with pytest.raises(SpecError, match="norm='batch'"):
         import_state_dict(ours("fewer_norms"), {}, "timm.convnext")
+    with torch.device("meta"), pytest.raises(SpecError, match="model of type ResNet is not valid"):
+        export_state_dict(torchvision.models.resnet50(), "torchvision.resnet")
 
 
 def test_import_refuses_a_state_dict_that_does_not_fit():

@@ -1,0 +1,124 @@
+"""End to end, as a user runs it: a smoke study trained, tracked in MLflow, tabled, plotted, and rerun."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from roadmap import load_roadmap
+
+SMOKE_UPTO = "bn_to_ln"
+EPOCH_METRICS = {"train_loss", "lr", "val_top1", "val_top5", "train_img_per_s"}
+FINAL_METRICS = {"top1", "top5", "params", "gmacs", "train_img_per_s", "eval_img_per_s", "peak_memory_mb",
+                 "wall_time_s"}
+STEP_TAGS = {"step", "order", "group", "adopted", "parent_step", "seed", "config_hash", "git_revision",
+             "torch_version", "torchvision_version", "timm_version", "device", "roadmap", "dataset", "preset"}
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory, cli):
+    """`run_ablation.py --upto bn_to_ln --preset smoke` in a fresh directory, once for this module."""
+    workdir = tmp_path_factory.mktemp("study")
+    result = cli("--upto", SMOKE_UPTO, "--preset", "smoke", "--no-progress", cwd=workdir)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return workdir, result
+
+
+def _client(workdir):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")
+
+
+def _runs(workdir):
+    client = _client(workdir)
+    experiment = client.get_experiment_by_name("resnet50_to_convnext_t")
+    return client, client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_smoke_study_trains_all_16_steps(smoke_study):
+    workdir, result = smoke_study
+    names = load_roadmap("resnet50_to_convnext_t").names()
+    expected = names[: names.index(SMOKE_UPTO) + 1]
+    assert len(expected) == 16
+    for index, name in enumerate(expected, start=1):
+        assert f"[{index}/16] {name} seed 0: top-1 " in result.stdout
+    assert "16 finished, 0 skipped, 0 diverged" in result.stdout
+
+
+def test_mlflow_holds_one_parent_and_a_nested_run_per_step(smoke_study):
+    workdir, _ = smoke_study
+    client, runs = _runs(workdir)
+    parents = [r for r in runs if r.data.tags.get("run_kind") == "study"]
+    steps = [r for r in runs if r.data.tags.get("run_kind") == "step"]
+    assert len(parents) == 1 and len(steps) == 16
+    parent_id = parents[0].info.run_id
+    for run in steps:
+        assert run.data.tags["mlflow.parentRunId"] == parent_id
+        assert run.info.run_name == run.data.tags["step"]
+        assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
+        assert STEP_TAGS <= set(run.data.tags)
+        assert FINAL_METRICS | EPOCH_METRICS <= set(run.data.metrics)
+        assert run.data.params["arch.kernel_size"] in {"3", "5", "7", "9", "11"}
+        assert {"recipe.optimizer", "data.source", "preset", "arch.width_multiplier"} <= set(run.data.params)
+        assert "synthetic" in run.data.tags["dataset"]
+        history = client.get_metric_history(run.info.run_id, "val_top1")
+        assert [m.step for m in history] == [1]
+    kernel_5 = next(r for r in steps if r.data.tags["step"] == "kernel_5")
+    assert kernel_5.data.tags["adopted"] == "False" and kernel_5.data.tags["parent_step"] == "move_up_dwconv"
+    config = json.loads((workdir / "mlruns").rglob("config.json").__next__().read_text())
+    assert {"arch", "recipe", "data", "preset", "step"} <= set(config)
+
+
+def test_results_csv_holds_exactly_the_runs_numbers(smoke_study):
+    workdir, _ = smoke_study
+    _, runs = _runs(workdir)
+    table = pd.read_csv(workdir / "results" / "resnet50_to_convnext_t" / "roadmap.csv")
+    assert (workdir / "results" / "resnet50_to_convnext_t" / "roadmap.md").read_text().count("| finished |") == 16
+    by_step = {r.data.tags["step"]: r.data.metrics for r in runs if r.data.tags.get("run_kind") == "step"}
+    assert list(table["step"]) == list(by_step)[::-1] or set(table["step"]) == set(by_step)
+    for row in table.itertuples():
+        metrics = by_step[row.step]
+        assert row.top1_mean == pytest.approx(metrics["top1"], abs=1e-9)
+        assert row.top5_mean == pytest.approx(metrics["top5"], abs=1e-9)
+        assert row.params == metrics["params"] and row.gmacs == pytest.approx(metrics["gmacs"])
+        assert math.isnan(row.top1_std)  # one seed
+        step = load_roadmap("resnet50_to_convnext_t").step(row.step)
+        assert row.paper_top1 == step.paper["top1"] and row.paper_gflops == step.paper["gflops"]
+
+
+def test_rerunning_the_same_command_creates_no_new_step_runs(smoke_study, cli):
+    workdir, _ = smoke_study
+    _, before = _runs(workdir)
+    result = cli("--upto", SMOKE_UPTO, "--preset", "smoke", "--no-progress", cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert "0 finished, 16 skipped" in result.stdout
+    _, after = _runs(workdir)
+    steps_before = {r.info.run_id for r in before if r.data.tags.get("run_kind") == "step"}
+    steps_after = {r.info.run_id for r in after if r.data.tags.get("run_kind") == "step"}
+    assert steps_after == steps_before
+
+
+def test_plot_draws_every_figure_from_the_study(smoke_study, cli):
+    workdir, _ = smoke_study
+    out = workdir / "figures"
+    result = cli("plot_roadmap.py", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--out", str(out), cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    for stem in ("roadmap", "accuracy_vs_gmacs", "accuracy_vs_throughput"):
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path, cli):
+    result = cli("--upto", "resnet50", "--preset", "smoke", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "127.0.0.1:9" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_malformed_tracking_uri_fails_before_training(tmp_path, cli):
+    result = cli("--upto", "resnet50", "--preset", "smoke", "--tracking-uri", "postgres-ish:/nowhere", cwd=tmp_path)
+    assert result.returncode == 2 and "postgres-ish:/nowhere" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "checkpoints").exists()
