@@ -21,8 +21,8 @@ FORMAT_CHOICES = ("png", "svg", "pdf")
               f"steps/). Default: the roadmap named in --csv, else {DEFAULT_ROADMAP}.")
 @click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="Draw a saved summary "
               "(results/<experiment>/roadmap.csv, written by run_ablation.py) instead of reading MLflow.")
-@click.option("--paper", is_flag=True, help="Draw the paper's own numbers (Table 10, from the step files); needs "
-              "no runs. Accuracy vs throughput is skipped: the paper measured no per-step speed.")
+@click.option("--paper", is_flag=True, help="Draw the paper's own numbers (Table 10 or 11, from the step files); "
+              "needs no runs. Accuracy vs throughput is skipped: the paper measured no per-step speed.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), help="Folder for the figures. "
               "Default: results/<experiment>/; with --csv the CSV's folder; with --paper results/paper/<roadmap>/.")
 @click.option("--format", "formats", default="png,svg", show_default=True, help="Comma-separated file formats, "
@@ -45,7 +45,7 @@ def main(tracking_uri: str | None, experiment: str | None, roadmap_name: str | N
       python plot_roadmap.py                                      # experiment resnet50_to_convnext_t in ./mlflow.db
       python plot_roadmap.py --csv results/resnet50_to_convnext_t/roadmap.csv --format png,pdf
     """
-    from roadmap import plot  # matplotlib loads only once the options are known to be valid
+    from roadmap import plot, plot_data  # matplotlib loads only once the options are known to be valid
 
     file_formats = _parse_formats(formats)
     if paper and csv_path is not None:
@@ -58,7 +58,7 @@ def main(tracking_uri: str | None, experiment: str | None, roadmap_name: str | N
         out = out_dir or csv_path.parent
     elif paper:
         roadmap = load_roadmap(roadmap_name or DEFAULT_ROADMAP, steps_dir)
-        summary = plot.paper_summary(roadmap)
+        summary = plot_data.paper_summary(roadmap)
         out = out_dir or Path("results") / "paper" / roadmap.name
     else:
         roadmap = load_roadmap(roadmap_name or DEFAULT_ROADMAP, steps_dir)
@@ -66,10 +66,10 @@ def main(tracking_uri: str | None, experiment: str | None, roadmap_name: str | N
         summary = _tracked_summary(tracking_uri, experiment, roadmap)
         out = out_dir or Path("results") / experiment
 
-    gmacs = plot.accuracy_vs_gmacs_data(summary, roadmap)
-    throughput = plot.accuracy_vs_throughput_data(summary, roadmap)
+    gmacs = plot_data.accuracy_vs_gmacs_data(summary, roadmap)
+    throughput = plot_data.accuracy_vs_throughput_data(summary, roadmap)
     figures = [
-        ("roadmap", plot.draw_roadmap_chart(plot.roadmap_chart_data(summary, roadmap)), ""),
+        ("roadmap", plot.draw_roadmap_chart(plot_data.roadmap_chart_data(summary, roadmap)), ""),
         ("accuracy_vs_gmacs", gmacs and plot.draw_accuracy_vs_gmacs(gmacs), "no step has both GMACs and a top-1"),
         ("accuracy_vs_throughput", throughput and plot.draw_accuracy_vs_throughput(throughput),
          "no step recorded a throughput (run_ablation.py --benchmark measures it)"),

@@ -85,8 +85,8 @@ def format_comparison(result: dict[str, Any]) -> str:
     for mode in ("train", "eval"):
         figures = result[mode]
         lines.append(
-            f"  {mode:5s}  ours {figures['ours_img_per_s']:8.1f} img/s (spread {figures['ours_spread_pct']:4.1f} %)   "
-            f"reference {figures['reference_img_per_s']:8.1f} img/s (spread {figures['reference_spread_pct']:4.1f} %)"
+            f"  {mode:5s}  ours {figures['ours_img_per_s']:8.2f} img/s (spread {figures['ours_spread_pct']:4.1f} %)   "
+            f"reference {figures['reference_img_per_s']:8.2f} img/s (spread {figures['reference_spread_pct']:4.1f} %)"
         )
     train, evaluation = result["train"], result["eval"]
     lines.append(
@@ -107,9 +107,9 @@ def format_comparison(result: dict[str, Any]) -> str:
               help="Weights and inputs in NHWC memory format.")
 @click.option("--compile/--no-compile", "compile_model", default=False, show_default=True, help="torch.compile both.")
 @click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, help="Timed repeats per model.")
-@click.option("--iterations", type=click.IntRange(min=1), default=3, show_default=True,
+@click.option("--iterations", type=click.IntRange(min=1), default=1, show_default=True,
               help="Batches per timed repeat.")
-@click.option("--warmup", type=click.IntRange(min=0), default=2, show_default=True,
+@click.option("--warmup", type=click.IntRange(min=0), default=1, show_default=True,
               help="Untimed train and eval iterations per model before timing.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, help="CPU threads for torch (0: torch's default).")
 def main(

@@ -7,7 +7,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,9 @@ OPTIMIZER = "adamw"
 PEAK_MEMORY_CONVENTION = {
     "cuda": "torch.cuda.max_memory_allocated (MiB) from just before the model is moved to the GPU: "
     "weights, gradients, AdamW state and activations",
-    "cpu": "increase of the process's peak resident set size (MiB, getrusage ru_maxrss) over its size at the start "
-    "of the measurement: gradients, AdamW state, activations and allocator caches, not the weights",
+    "cpu": "increase of the process's peak resident set size (MiB, getrusage ru_maxrss, peak reset through "
+    "/proc/self/clear_refs) over its size at the start of the measurement: gradients, AdamW state, activations "
+    "and allocator caches, not the weights; it depends on the allocator (about +-10 % between like models)",
 }
 
 
@@ -47,11 +48,11 @@ class BenchmarkConfig:
     # Run the model through torch.compile (default mode) before warm-up.
     compile: bool = False
     # Untimed training and evaluation iterations before timing (allocator, autotuning, compilation).
-    warmup: int = 3
+    warmup: int = 2
     # Timed repeats; throughput is their median and their spread is the run-to-run noise.
     repeats: int = 5
     # Iterations (batches) per timed repeat.
-    iterations_per_repeat: int = 5
+    iterations_per_repeat: int = 3
     # Outputs of the classifier (the loss needs labels below it).
     num_classes: int = 1000
 
@@ -98,14 +99,17 @@ def _rss_high_water_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
-def _reset_rss_high_water() -> bool:
-    """Lower the process's peak RSS to its current RSS (Linux >= 4.0); False where that is not possible."""
+def _reset_rss_high_water() -> None:
+    """Lower the process's peak RSS to its current RSS (Linux >= 4.0).
+
+    Where that is impossible, the CPU figure is the increase of the lifetime peak: a lower bound,
+    zero when an earlier measurement in the process went higher.
+    """
     try:
         with open("/proc/self/clear_refs", "w") as clear_refs:
             clear_refs.write("5")
-        return True
     except OSError:
-        return False
+        pass
 
 
 class Workload:
@@ -155,7 +159,7 @@ class Workload:
             self._eval_iteration()
         self._synchronize()
 
-    def _timed(self, iteration, train: bool) -> float:
+    def _timed(self, iteration: Callable[[], None], train: bool) -> float:
         self.model.train(train)
         self._synchronize()
         start = time.perf_counter()

@@ -234,4 +234,30 @@ def study_summary(tracking_uri: str | None, experiment: str, roadmap_name: str) 
     from .steps import load_roadmap
 
     roadmap = load_roadmap(roadmap_name)
-    return summarize(load_runs(tracking_uri, experiment), roadmap)
+    summary = summarize(load_runs(tracking_uri, experiment), roadmap)
+    return with_benchmarks(summary, load_benchmarks(tracking_uri, experiment, roadmap_name))
+
+
+BENCH_COLUMNS = ("bench_train_img_per_s", "bench_eval_img_per_s", "bench_peak_memory_mb")
+
+
+def load_benchmarks(tracking_uri: str | None, experiment: str, roadmap_name: str) -> pd.DataFrame:
+    """The latest --benchmark figures of each step of one roadmap (columns: step, params, gmacs, bench_*)."""
+    from .tracking import load_step_runs
+
+    rows = [{"step": run["tags"].get("step", ""), **{k: run["metrics"].get(k, math.nan) for k in BENCH_COLUMNS},
+             "params": run["metrics"].get("params", math.nan), "gmacs": run["metrics"].get("gmacs", math.nan)}
+            for run in load_step_runs(tracking_uri, experiment, kind="benchmark")
+            if run["tags"].get("roadmap", roadmap_name) == roadmap_name]  # newest first
+    return pd.DataFrame(rows, columns=["step", *BENCH_COLUMNS, "params", "gmacs"]).drop_duplicates("step")
+
+
+def with_benchmarks(summary: pd.DataFrame, benchmarks: pd.DataFrame) -> pd.DataFrame:
+    """Fill the summary's empty cost cells with --benchmark figures (steps benchmarked but not trained)."""
+    summary = summary.copy()
+    for bench in benchmarks.itertuples(index=False):
+        row = summary["step"] == bench.step
+        for column in (*BENCH_COLUMNS, "params", "gmacs"):
+            if row.any() and pd.isna(summary.loc[row, column]).all():
+                summary.loc[row, column] = getattr(bench, column)
+    return summary

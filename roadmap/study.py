@@ -220,6 +220,8 @@ def _run_one(study: StudyOptions, step: Step, seed: int, cache: DatasetCache, tr
             click.echo(f"{label} resuming MLflow run {run.run_id}")
         result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
                                     options=options, on_epoch=lambda record: run.log_epoch(record, record["epoch"]))
+        if run.resumed:
+            _backfill_epochs(tracker, run, result["history"])
         final = {key: result[key] for key in ("top1", "top5", "train_img_per_s", "eval_img_per_s",
                                               "peak_memory_mb", "wall_time_s")}
         run.log_final({**final, "params": complexity.params, "gmacs": complexity.gmacs,
@@ -232,6 +234,16 @@ def _run_one(study: StudyOptions, step: Step, seed: int, cache: DatasetCache, tr
     else:
         click.echo(f"{label} {step.name} seed {seed}: DIVERGED: {result['reason']}", err=True)
     return result["status"]
+
+
+def _backfill_epochs(tracker, run, history: list[dict]) -> None:
+    """Log the epochs a kill left out of MLflow: checkpointed, but killed before their metrics were sent."""
+    from .tracking import load_metric_history
+
+    logged = {epoch for epoch, _ in load_metric_history(tracker.tracking_uri, run.run_id, "val_top1")}
+    for record in history:
+        if record["epoch"] not in logged:
+            run.log_epoch(record, record["epoch"])
 
 
 def _write_results(study: StudyOptions) -> None:
@@ -253,4 +265,32 @@ class _nothing:
 
 
 def run_benchmark(study: StudyOptions) -> int:
-    raise SpecError("--benchmark is not wired yet")
+    """Measure every step's throughput and peak memory at the study's scale; record it; print a table."""
+    from .benchmark import BenchmarkConfig, benchmark_steps, format_table
+    from .tracking import Tracker
+
+    tracker = Tracker(study.tracking_uri, study.experiment)
+    _, _, data = study.resolve(study.steps[0])
+    config = BenchmarkConfig(
+        device=study.device, batch_size=study.bench_batch_size, image_size=data.image_size,
+        precision=study.precision, channels_last=study.channels_last, compile=study.compile,
+        repeats=study.bench_repeats, num_classes=data.num_classes if data.kind == "synthetic" else 1000,
+    )
+    rows = []
+    study_params = {"roadmap": study.roadmap.name, "steps": ",".join(s.name for s in study.steps),
+                    "preset": study.preset.name, "benchmark": config.describe()}
+    with tracker.study(f"{study.roadmap.name} benchmark", study_params, {"roadmap": study.roadmap.name}):
+        for step in study.steps:
+            arch, _, _ = study.resolve(step)
+            (row,) = benchmark_steps([step], config, width_multiplier=arch.width_multiplier, progress=study.progress)
+            rows.append(row)
+            figures = {"bench_train_img_per_s": row["train_img_per_s"], "bench_eval_img_per_s": row["eval_img_per_s"],
+                       "bench_peak_memory_mb": row["peak_memory_mb"], "bench_train_spread_pct": row["train_spread_pct"],
+                       "bench_eval_spread_pct": row["eval_spread_pct"], "params": row["params"], "gmacs": row["gmacs"]}
+            tags = {"order": step.order, "roadmap": study.roadmap.name, "preset": study.preset.name,
+                    "config_hash": spec_hash(study.configuration(step)), "benchmark": config.describe()}
+            tracker.log_benchmark(step.name, figures, params={"arch": to_dict(arch), "bench": to_dict(config)},
+                                  tags=tags)
+    click.echo(format_table(rows, config))
+    _write_results(study)
+    return 0

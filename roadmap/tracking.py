@@ -376,6 +376,29 @@ class Tracker:
                 step_run.set_tags({"status": OUTCOMES[0]})
             self._client.set_terminated(run_id, "FINISHED")
 
+    def log_benchmark(self, step: str, figures: dict[str, Any], *, params: dict[str, Any], tags: dict[str, Any]) -> str:
+        """A nested run (run_kind=benchmark) holding one step's measured cost; returns its id.
+
+        The same figures also go into every FINISHED training run of the step with `tags["config_hash"]`,
+        so that the step's own run shows its cost next to its accuracy.
+        """
+        run_tags = {**_str_values(tags), "step": step, RUN_KIND_TAG: "benchmark"}
+        if self._study_run_id:
+            run_tags[PARENT_RUN_TAG] = self._study_run_id
+        run = self._client.create_run(self.experiment_id, run_name=f"{step} (benchmark)",
+                                      tags=resolve_tags(run_tags))
+        self._log_params(run.info.run_id, params)
+        StepRun(self._client, run.info.run_id, resumed=False).log_metrics(figures)
+        self._client.set_terminated(run.info.run_id, "FINISHED")
+        query = (f"tags.{RUN_KIND_TAG} = 'step' and tags.step = {_quoted('step', step)} and "
+                 f"tags.config_hash = {_quoted('config_hash', tags.get('config_hash', ''))}")
+        for trained in _search(self._client, [self.experiment_id], query):
+            if trained.info.status == "FINISHED":
+                final_step = 1 + max((m.step for key in trained.data.metrics
+                                      for m in self._client.get_metric_history(trained.info.run_id, key)), default=-1)
+                StepRun(self._client, trained.info.run_id, resumed=True, final_step=final_step).log_metrics(figures)
+        return run.info.run_id
+
     def _step_runs(self, step: str, seed: int, config_hash: str) -> list:
         """Step runs with this key, newest first."""
         query = (f"tags.{RUN_KIND_TAG} = 'step' and tags.step = {_quoted('step', step)} "
@@ -415,8 +438,8 @@ def _search(client: MlflowClient, experiment_ids: list[str], query: str) -> list
             return runs
 
 
-def load_step_runs(tracking_uri: str | None, experiment: str) -> list[dict[str, Any]]:
-    """Every step run of `experiment`, newest first, as plain dicts.
+def load_step_runs(tracking_uri: str | None, experiment: str, kind: str = "step") -> list[dict[str, Any]]:
+    """Every step run of `experiment` (kind "step": training; "benchmark": --benchmark), newest first, as dicts.
 
     Each dict: run_id, run_name, mlflow_status (RUNNING | FINISHED | FAILED | KILLED | SCHEDULED), start_time and
     end_time (ms since the epoch; end_time None while running), parent_run_id, and dicts tags, params and metrics
@@ -427,7 +450,7 @@ def load_step_runs(tracking_uri: str | None, experiment: str) -> list[dict[str, 
     if experiment_id is None:
         raise TrackingError(f"experiment {experiment!r} does not exist in {uri!r}; run the study first "
                             f"or pass the experiment and tracking URI it used")
-    runs = _search(_client(uri), [experiment_id], f"tags.{RUN_KIND_TAG} = 'step'")
+    runs = _search(_client(uri), [experiment_id], f"tags.{RUN_KIND_TAG} = {_quoted('kind', kind)}")
     return [
         {
             "run_id": run.info.run_id,

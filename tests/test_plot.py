@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 from matplotlib.container import BarContainer
+from matplotlib.text import Text
 
-from roadmap import plot
+from roadmap import plot, plot_data
 from roadmap.results import SUMMARY_COLUMNS, write_results
 from roadmap.steps import load_roadmap
 
@@ -69,7 +70,7 @@ def bar_containers(ax) -> list[BarContainer]:
 
 @pytest.fixture(scope="module")
 def paper_summary():
-    return plot.paper_summary(ROADMAP)
+    return plot_data.paper_summary(ROADMAP)
 
 
 # ------------------------------------------------------------------------------------- roadmap chart
@@ -87,7 +88,7 @@ def test_paper_summary_holds_table_10_and_the_step_files(paper_summary):
 
 
 def test_paper_chart_draws_table_10(paper_summary):
-    data = plot.roadmap_chart_data(paper_summary, ROADMAP)
+    data = plot_data.roadmap_chart_data(paper_summary, ROADMAP)
     assert [row.step for row in data.rows] == list(TABLE_10)
     for row in data.rows:
         top1, std, gflops = TABLE_10[row.step]
@@ -98,25 +99,25 @@ def test_paper_chart_draws_table_10(paper_summary):
     assert data.rows[4].annotation == "2.35G" and data.rows[8].annotation == "4.10G"
     # Table 10's GFLOPs for these two are not conv + linear MACs: marked, with the step file's note.
     assert [row.step for row in data.rows if row.annotation.endswith("*")] == ["bn_to_ln", "separate_downsampling"]
-    assert data.reference == plot.Reference("Swin-T", 81.3, 4.5)
+    assert data.reference == plot_data.Reference("Swin-T", 81.3, 4.5)
     assert not data.paper_panel and not data.paper_markers
     assert data.xlim[0] <= 76.13 and data.xlim[1] > 82.03
-    assert "Table 10" in data.label.caption and plot.MAC_CONVENTION in data.label.caption
+    assert "Table 10" in data.label.caption and plot_data.MAC_CONVENTION in data.label.caption
 
 
 def test_paper_chart_of_another_roadmap_names_its_table():
     roadmap_b = load_roadmap("resnet200_to_convnext_b")
-    summary = plot.paper_summary(roadmap_b)
-    data = plot.roadmap_chart_data(summary, roadmap_b)
+    summary = plot_data.paper_summary(roadmap_b)
+    data = plot_data.roadmap_chart_data(summary, roadmap_b)
     assert data.label.paper_source == "paper (Table 11)" and data.reference.name == "Swin-B"
     assert [row.top1 for row in data.rows] == [step.paper["top1"] for step in roadmap_b.steps]
     assert not data.label.paper_has_std and "no std published" in data.label.caption
-    assert plot.accuracy_vs_gmacs_data(summary, roadmap_b) is None  # Table 11 gives no GFLOPs per step
+    assert plot_data.accuracy_vs_gmacs_data(summary, roadmap_b) is None  # Table 11 gives no GFLOPs per step
 
 
 def test_chart_from_several_seeds_on_synthetic_data():
     summary = make_summary(seeds=3)
-    data = plot.roadmap_chart_data(summary, ROADMAP)
+    data = plot_data.roadmap_chart_data(summary, ROADMAP)
     for row, record in zip(data.rows, summary.to_dict("records")):
         assert row.step == record["step"]
         assert row.top1 == record["top1_mean"] == 20.0 + record["order"]
@@ -134,11 +135,11 @@ def test_chart_from_several_seeds_on_synthetic_data():
     assert data.paper_xlim[0] <= 76.13 and data.paper_xlim[1] > 81.97
     assert data.label.seeds == (3,)
     assert "SYNTHETIC" in data.label.caption and "smoke" in data.label.caption
-    assert "3 seeds per step" in data.label.caption and plot.MAC_CONVENTION in data.label.caption
+    assert "3 seeds per step" in data.label.caption and plot_data.MAC_CONVENTION in data.label.caption
 
 
 def test_drawn_chart_bars_match_the_data():
-    data = plot.roadmap_chart_data(make_summary(seeds=3, missing=("kernel_9",)), ROADMAP)
+    data = plot_data.roadmap_chart_data(make_summary(seeds=3, missing=("kernel_9",)), ROADMAP)
     fig = plot.draw_roadmap_chart(data)
     group_axis, ours, paper = fig.axes
     bars = [patch for container in bar_containers(ours) for patch in container.patches]
@@ -160,7 +161,7 @@ def test_drawn_chart_bars_match_the_data():
 def test_chart_with_one_seed_missing_and_failed_steps_on_imagenet():
     summary = make_summary(seeds=1, missing=("kernel_9", "gelu"), failed=("bn_to_ln",),
                            dataset="imagefolder:/data/imagenet", imagenet_scale=True)
-    data = plot.roadmap_chart_data(summary, ROADMAP)
+    data = plot_data.roadmap_chart_data(summary, ROADMAP)
     by_step = {row.step: row for row in data.rows}
     assert [by_step[name].empty_text for name in ("kernel_9", "gelu", "bn_to_ln")] == ["missing", "missing", "failed"]
     assert {row.step for row in data.rows if not row.drawn} == {"kernel_9", "gelu", "bn_to_ln"}
@@ -185,7 +186,7 @@ def test_chart_with_one_seed_missing_and_failed_steps_on_imagenet():
 
 def test_accuracy_vs_gmacs_points_and_paths():
     summary = make_summary(seeds=3, missing=("kernel_5",), failed=("gelu",))
-    data = plot.accuracy_vs_gmacs_data(summary, ROADMAP)
+    data = plot_data.accuracy_vs_gmacs_data(summary, ROADMAP)
     records = summary.to_dict("records")
     expected = [(r["step"], r["gmacs"], r["top1_mean"]) for r in records if r["status"] == "finished"]
     assert [(p.step, p.x, p.y) for p in data.study.points] == expected
@@ -202,7 +203,7 @@ def test_accuracy_vs_gmacs_points_and_paths():
 
 
 def test_accuracy_vs_gmacs_from_the_paper(paper_summary):
-    data = plot.accuracy_vs_gmacs_data(paper_summary, ROADMAP)
+    data = plot_data.accuracy_vs_gmacs_data(paper_summary, ROADMAP)
     assert data.study is None and not data.paper_panel
     assert [(p.x, p.y) for p in data.paper.points] == [(g, t) for t, _, g in TABLE_10.values()]
     assert [p.adopted for p in data.paper.points] == [name not in EXPLORED for name in TABLE_10]
@@ -215,7 +216,7 @@ def test_accuracy_vs_gmacs_from_the_paper(paper_summary):
 
 def test_throughput_prefers_the_benchmark_over_the_training_run():
     summary = make_summary(seeds=2, throughput=("train_img_per_s", "eval_img_per_s", "bench_eval_img_per_s"))
-    data = plot.accuracy_vs_throughput_data(summary, ROADMAP)
+    data = plot_data.accuracy_vs_throughput_data(summary, ROADMAP)
     assert [panel.column for panel in data.panels] == ["train_img_per_s", "bench_eval_img_per_s"]
     assert "benchmark" in data.panels[1].xlabel and "during training" in data.panels[0].xlabel
     assert [(p.x, p.y) for p in data.panels[1].trajectory.points] == list(
@@ -224,34 +225,34 @@ def test_throughput_prefers_the_benchmark_over_the_training_run():
 
 
 def test_throughput_figure_is_skipped_without_measurements(paper_summary):
-    assert plot.accuracy_vs_throughput_data(make_summary(), ROADMAP) is None
-    assert plot.accuracy_vs_throughput_data(paper_summary, ROADMAP) is None
+    assert plot_data.accuracy_vs_throughput_data(make_summary(), ROADMAP) is None
+    assert plot_data.accuracy_vs_throughput_data(paper_summary, ROADMAP) is None
 
 
 # ------------------------------------------------------------------------------------ errors and files
 
 
 def test_bad_summaries_are_one_line_errors():
-    with pytest.raises(plot.SummaryError, match="lacks columns: top1_mean; a roadmap summary has") as error:
-        plot.roadmap_chart_data(make_summary().drop(columns=["top1_mean"]), ROADMAP)
+    with pytest.raises(plot_data.SummaryError, match="lacks columns: top1_mean; a roadmap summary has") as error:
+        plot_data.roadmap_chart_data(make_summary().drop(columns=["top1_mean"]), ROADMAP)
     assert "\n" not in str(error.value)
     other = make_summary().assign(roadmap="resnet200_to_convnext_b")
-    with pytest.raises(plot.SummaryError, match="holds roadmap 'resnet200_to_convnext_b', not 'resnet50_to_conv"):
-        plot.accuracy_vs_gmacs_data(other, ROADMAP)
+    with pytest.raises(plot_data.SummaryError, match="holds roadmap 'resnet200_to_convnext_b', not 'resnet50_to_conv"):
+        plot_data.accuracy_vs_gmacs_data(other, ROADMAP)
     unknown = make_summary()
     unknown.loc[3, "step"] = "patchify"
-    with pytest.raises(plot.SummaryError, match="steps not in roadmap 'resnet50_to_convnext_t': patchify; valid"):
-        plot.roadmap_chart_data(unknown, ROADMAP)
+    with pytest.raises(plot_data.SummaryError, match="steps not in roadmap 'resnet50_to_convnext_t': patchify; valid"):
+        plot_data.roadmap_chart_data(unknown, ROADMAP)
 
 
 def test_save_figure_writes_each_format(tmp_path, paper_summary):
-    fig = plot.draw_roadmap_chart(plot.roadmap_chart_data(paper_summary, ROADMAP))
+    fig = plot.draw_roadmap_chart(plot_data.roadmap_chart_data(paper_summary, ROADMAP))
     paths = plot.save_figure(fig, tmp_path / "out", "roadmap", ("png", "svg", "pdf"), dpi=50)
     assert [path.name for path in paths] == ["roadmap.png", "roadmap.svg", "roadmap.pdf"]
     assert paths[0].read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "<svg" in paths[1].read_text()[:2000]
     assert paths[2].read_bytes().startswith(b"%PDF")
-    with pytest.raises(plot.SummaryError, match="unknown figure format 'jpg'; valid formats: png, svg, pdf"):
+    with pytest.raises(plot_data.SummaryError, match="unknown figure format 'jpg'; valid formats: png, svg, pdf"):
         plot.save_figure(fig, tmp_path, "roadmap", ("jpg",))
 
 
@@ -300,6 +301,29 @@ def test_cli_paper_writes_png_and_svg_without_torch_or_mlflow(tmp_path):
     assert "skipped accuracy_vs_throughput" in result.stdout
     assert (tmp_path / "roadmap.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     assert "<svg" in (tmp_path / "roadmap.svg").read_text()[:2000]
+
+
+def test_cli_paper_draws_the_resnet200_roadmap(tmp_path, monkeypatch):
+    # Table 11 gives top-1 only, no GFLOPs per step: the chart draws without them and without any "nan".
+    roadmap_b = load_roadmap("resnet200_to_convnext_b")
+    table_11 = [step.paper["top1"] for step in roadmap_b.steps]
+    drawn = []  # (data, figure) of each roadmap chart the CLI draws
+    draw = plot.draw_roadmap_chart
+    monkeypatch.setattr(plot, "draw_roadmap_chart", lambda data: drawn.append((data, draw(data))) or drawn[-1][1])
+    result = run_plot("--paper", "--roadmap", roadmap_b.name, "--out", str(tmp_path), "--dpi", "60")
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in written(result.stdout)) == ["roadmap.png", "roadmap.svg"]
+    assert "skipped accuracy_vs_gmacs" in result.stdout
+    [(data, fig)] = drawn
+    assert data.reference is not None and (data.reference.name, data.reference.top1) == ("Swin-B", 83.5)
+    assert [row.paper_top1 for row in data.rows] == [row.top1 for row in data.rows] == table_11
+    assert all(math.isnan(row.paper_gflops) and row.annotation == "" for row in data.rows)
+    group_axis, bars_axis = fig.axes
+    bars = [patch for container in bar_containers(bars_axis) for patch in container.patches]
+    assert [bar.get_x() + bar.get_width() for bar in bars] == pytest.approx(table_11)
+    assert [line.get_xdata()[0] for line in bars_axis.lines if line.get_linestyle() == "--"] == [83.5]
+    texts = [text.get_text() for text in fig.findobj(Text) if text.get_text()]
+    assert "Swin-B 83.5%" in " ".join(texts) and not [text for text in texts if "nan" in text.lower()]
 
 
 @pytest.mark.parametrize("args, message", [
