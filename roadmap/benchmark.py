@@ -17,6 +17,7 @@ from torch import nn
 
 from .complexity import count_complexity
 from .model import build_model
+from .spec import SpecError
 
 DEVICES = ("cpu", "cuda")
 PRECISIONS = ("fp32", "bf16")
@@ -27,7 +28,8 @@ PEAK_MEMORY_CONVENTION = {
     "weights, gradients, AdamW state and activations",
     "cpu": "increase of the process's peak resident set size (MiB, getrusage ru_maxrss, peak reset through "
     "/proc/self/clear_refs) over its size at the start of the measurement: gradients, AdamW state, activations "
-    "and allocator caches, not the weights; it depends on the allocator (about +-10 % between like models)",
+    "and allocator caches (with compile, the compiler's too), not the weights; it depends on the allocator "
+    "(about +-10 % between like models)",
 }
 
 
@@ -58,17 +60,17 @@ class BenchmarkConfig:
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
-            raise ValueError(f"device={self.device!r} is not valid; choose one of: {', '.join(DEVICES)}")
+            raise SpecError(f"device={self.device!r} is not valid; choose one of: {', '.join(DEVICES)}")
         if self.precision not in PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
+            raise SpecError(f"precision={self.precision!r} is not valid; choose one of: {', '.join(PRECISIONS)}")
         for name in ("batch_size", "image_size", "repeats", "iterations_per_repeat", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} is not valid; a whole number >= 1")
+                raise SpecError(f"{name}={value!r} is not valid; a whole number >= 1")
         if not isinstance(self.warmup, int) or self.warmup < 0:
-            raise ValueError(f"warmup={self.warmup!r} is not valid; a whole number >= 0")
+            raise SpecError(f"warmup={self.warmup!r} is not valid; a whole number >= 0")
         if self.device == "cuda" and not torch.cuda.is_available():
-            raise ValueError("device='cuda' is not valid here: torch.cuda.is_available() is False")
+            raise SpecError("device='cuda' is not valid here: torch.cuda.is_available() is False")
 
     @property
     def memory_format(self) -> str:
