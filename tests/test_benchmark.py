@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from click.testing import CliRunner
 
 from roadmap import load_roadmap
@@ -18,15 +17,6 @@ from roadmap.model import build_model
 TINY = BenchmarkConfig(batch_size=4, image_size=32, warmup=1, repeats=1, iterations_per_repeat=1, num_classes=10)
 FIGURES = ("train_img_per_s", "eval_img_per_s", "train_spread_pct", "eval_spread_pct", "peak_memory_mb")
 SIDE_BY_SIDE = Path(__file__).resolve().parent.parent / "benchmarks" / "side_by_side.py"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a shared, busy CPU, several spinning OpenMP threads per process slow everything down tenfold.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

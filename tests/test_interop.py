@@ -29,15 +29,6 @@ REFERENCES: dict[str, tuple[str, Callable[[], nn.Module]]] = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on cores shared with other jobs, two threads spinning on each other take 2-3x longer."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def randomize_(model: nn.Module, seed: int = 0) -> nn.Module:
     """Fill every tensor so that each one matters: the default inits leave norms at identity and layer scales
     at 1e-6, under which a misplaced norm or block would go unnoticed."""

@@ -9,7 +9,6 @@ from test_interop import (
     TOLERANCE,
     empty,
     max_logit_diff,
-    one_thread,  # noqa: F401  (its autouse fixture then applies here too)
     param_count,
     randomize_,
 )
