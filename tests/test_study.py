@@ -122,3 +122,14 @@ def test_malformed_tracking_uri_fails_before_training(tmp_path, cli):
     assert result.returncode == 2 and "postgres-ish:/nowhere" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_benchmark_records_every_step_in_the_results_table(tmp_path, cli):
+    result = cli("--benchmark", "--upto", "stage_ratio", "--preset", "smoke", "--bench-batch-size", "4",
+                 "--bench-repeats", "1", "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Throughput in img/s on cpu" in result.stdout and "batch 4, 32x32 px, fp32" in result.stdout
+    table = pd.read_csv(tmp_path / "results" / "resnet50_to_convnext_t" / "roadmap.csv")
+    assert list(table["step"]) == ["resnet50", "modern_recipe", "stage_ratio"]
+    assert (table["bench_train_img_per_s"] > 0).all() and (table["bench_eval_img_per_s"] > 0).all()
+    assert (table["status"] == "missing").all()  # measured, not trained
