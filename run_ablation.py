@@ -39,9 +39,11 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; each step trains once per seed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train; auto picks CUDA when available.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="bf16 runs the forward pass under torch.autocast (CUDA).")
-@click.option("--channels-last", is_flag=True, help="Use the channels_last memory format.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="bf16 runs the forward pass under torch.autocast. Default: the preset's on CUDA (proxy and "
+              "paper: bf16), fp32 on the CPU.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Use the channels_last memory format. Default: the preset's (demo, proxy, paper: on).")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile each network.")
 @click.option("--sync-bn", is_flag=True, help="Under torchrun, convert BatchNorm to SyncBatchNorm.")
 @click.option("--tracking-uri", help="MLflow tracking store: a directory (file store), sqlite:///PATH or "

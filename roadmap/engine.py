@@ -9,7 +9,7 @@ import math
 import random
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,10 +187,28 @@ def train_and_evaluate(
     with the same checkpoint_dir returns that file without training. `on_epoch` (rank 0 only) gets each new
     epoch's dict after that epoch's checkpoint is on disk.
     """
+    if (options.checkpoint_dir / FINAL_RESULT).exists():
+        return load_json(options.checkpoint_dir / FINAL_RESULT)
+    with _deterministic_on_cpu(options.torch_device()):
+        return _train(model, recipe, train_loader, val_loader, num_classes, options, on_epoch)
+
+
+@contextlib.contextmanager
+def _deterministic_on_cpu(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels where they are free (the CPU; on CUDA they cost speed); the old setting after."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _train(model: nn.Module, recipe: RecipeSpec, train_loader: DataLoader, val_loader: DataLoader,
+           num_classes: int, options: TrainOptions, on_epoch: Callable[[dict], None] | None) -> dict[str, Any]:
     wall_start = time.perf_counter()
     checkpoint_dir, world = options.checkpoint_dir, options.world
-    if (checkpoint_dir / FINAL_RESULT).exists():
-        return load_json(checkpoint_dir / FINAL_RESULT)
     check_effective_batch(recipe, train_loader, options)
     accumulation = options.accumulation_steps
     steps_per_epoch = len(train_loader) // accumulation
@@ -200,10 +218,6 @@ def train_and_evaluate(
             "use more images or fewer accumulation steps"
         )
     device = options.torch_device()
-    previous_determinism = (torch.are_deterministic_algorithms_enabled(),
-                            torch.is_deterministic_algorithms_warn_only_enabled())
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True, warn_only=True)  # free on the CPU; on CUDA it costs speed
     seed_everything(options.seed + world.rank)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -235,95 +249,93 @@ def train_and_evaluate(
     show_progress = options.progress and world.is_main
     status, reason = "finished", ""
 
-    try:
-        if recipe.epochs == 0:
-            evaluation = evaluate(train_model, val_loader, num_classes=num_classes, options=options)
-            eval_rate = evaluation["img_per_s"]
-            return _finish(_result(status, reason, history, evaluation, resumed_from, eval_rate,
-                                   earlier_wall + time.perf_counter() - wall_start, device), options)
+    if recipe.epochs == 0:
+        evaluation = evaluate(train_model, val_loader, num_classes=num_classes, options=options)
+        eval_rate = evaluation["img_per_s"]
+        return _finish(_result(status, reason, history, evaluation, resumed_from, eval_rate,
+                               earlier_wall + time.perf_counter() - wall_start, device), options)
 
-        for epoch in range(start_epoch, recipe.epochs):
-            if hasattr(train_loader.sampler, "set_epoch"):
-                train_loader.sampler.set_epoch(epoch)  # data order = f(seed, epoch): the key to exact resume
-            train_model.train()
-            loss_sum, loss_count, images_seen, lr = 0.0, 0, 0, optimizer.param_groups[0]["lr"]
-            bar = tqdm(total=steps_per_epoch * accumulation, desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                       disable=not show_progress, leave=False)
-            epoch_start = time.perf_counter()
-            for micro_step, (images, labels) in enumerate(train_loader):
-                if micro_step == steps_per_epoch * accumulation:
-                    break  # a trailing partial accumulation group is skipped, as a partial batch would be
-                images, labels = _to_device(images, labels, device, options.channels_last)
-                if mixup is not None:
-                    if len(labels) % 2:  # only a loader's odd last batch; Mixup pairs images
-                        images, labels = images[:-1], labels[:-1]
-                    images, labels = mixup(images, labels)
-                final_micro_step = (micro_step + 1) % accumulation == 0
-                # DDP all-reduces gradients on every backward unless told to wait for the last micro-step.
-                wait = not final_micro_step and isinstance(ddp_model, nn.parallel.DistributedDataParallel)
-                sync = ddp_model.no_sync() if wait else contextlib.nullcontext()
-                with sync:
-                    with options.autocast(device):
-                        loss = criterion(train_model(images), labels)
-                    loss_value = _global_loss(loss, device)
-                    if not math.isfinite(loss_value):
-                        status = "diverged"
-                        reason = (f"non-finite loss {loss_value} at epoch {epoch + 1}, iteration {micro_step + 1} "
-                                  f"of {steps_per_epoch * accumulation}")
-                        break
-                    (loss / accumulation).backward()
-                loss_sum, loss_count, images_seen = loss_sum + loss_value, loss_count + 1, images_seen + len(labels)
-                if final_micro_step:
-                    if recipe.clip_grad_norm > 0:
-                        nn.utils.clip_grad_norm_(raw_model.parameters(), recipe.clip_grad_norm)
-                    lr = optimizer.param_groups[0]["lr"]
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    scheduler.step_update(num_updates=epoch * steps_per_epoch + (micro_step + 1) // accumulation)
-                bar.update()
-                if show_progress and micro_step % 10 == 0:
-                    rate = images_seen * world.world_size / (time.perf_counter() - epoch_start)
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
-            bar.close()
-            if status == "diverged":
-                break
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_seconds = time.perf_counter() - epoch_start
-            loss_sum, loss_count, images_seen = distributed.all_reduce_sum([loss_sum, loss_count, images_seen], device)
-            evaluation = evaluate(train_model, val_loader, num_classes=num_classes, options=options)
-            eval_rate = evaluation["img_per_s"]
-            record = {
-                "epoch": epoch + 1,
-                "train_loss": loss_sum / loss_count,
-                "lr": lr,
-                "val_top1": evaluation["top1"],
-                "val_top5": evaluation["top5"],
-                "train_img_per_s": images_seen / train_seconds,
-            }
-            history.append(record)
-            rng = distributed.all_gather_objects(_rng_state(device, (train_loader, val_loader)))
-            if world.is_main:
-                save_checkpoint({
-                    "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "rng": rng,
-                    "eval_img_per_s": eval_rate, "fingerprint": fingerprint,
-                    "wall_time_s": earlier_wall + time.perf_counter() - wall_start,
-                }, checkpoint_dir / LAST_CHECKPOINT)
-            distributed.barrier()
-            if on_epoch is not None and world.is_main:
-                on_epoch(dict(record))
+    for epoch in range(start_epoch, recipe.epochs):
+        if hasattr(train_loader.sampler, "set_epoch"):
+            train_loader.sampler.set_epoch(epoch)  # data order = f(seed, epoch): the key to exact resume
+        train_model.train()
+        loss_sum, loss_count, images_seen, lr = 0.0, 0, 0, optimizer.param_groups[0]["lr"]
+        bar = tqdm(total=steps_per_epoch * accumulation, desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                   disable=not show_progress, leave=False)
+        epoch_start = time.perf_counter()
+        for micro_step, (images, labels) in enumerate(train_loader):
+            if micro_step == steps_per_epoch * accumulation:
+                break  # a trailing partial accumulation group is skipped, as a partial batch would be
+            images, labels = _to_device(images, labels, device, options.channels_last)
+            if mixup is not None:
+                if len(labels) % 2:  # only a loader's odd last batch; Mixup pairs images
+                    images, labels = images[:-1], labels[:-1]
+                images, labels = mixup(images, labels)
+            final_micro_step = (micro_step + 1) % accumulation == 0
+            # DDP all-reduces gradients on every backward unless told to wait for the last micro-step.
+            wait = not final_micro_step and isinstance(ddp_model, nn.parallel.DistributedDataParallel)
+            sync = ddp_model.no_sync() if wait else contextlib.nullcontext()
+            with sync:
+                with options.autocast(device):
+                    loss = criterion(train_model(images), labels)
+                loss_value = _global_loss(loss, device)
+                if not math.isfinite(loss_value):
+                    status = "diverged"
+                    reason = (f"non-finite loss {loss_value} at epoch {epoch + 1}, iteration {micro_step + 1} "
+                              f"of {steps_per_epoch * accumulation}")
+                    break
+                (loss / accumulation).backward()
+            loss_sum, loss_count, images_seen = loss_sum + loss_value, loss_count + 1, images_seen + len(labels)
+            if final_micro_step:
+                if recipe.clip_grad_norm > 0:
+                    nn.utils.clip_grad_norm_(raw_model.parameters(), recipe.clip_grad_norm)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step_update(num_updates=epoch * steps_per_epoch + (micro_step + 1) // accumulation)
+            bar.update()
+            if show_progress and micro_step % 10 == 0:
+                rate = images_seen * world.world_size / (time.perf_counter() - epoch_start)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}")
+        bar.close()
+        if status == "diverged":
+            break
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_seconds = time.perf_counter() - epoch_start
+        loss_sum, loss_count, images_seen = distributed.all_reduce_sum([loss_sum, loss_count, images_seen], device)
+        evaluation = evaluate(train_model, val_loader, num_classes=num_classes, options=options)
+        eval_rate = evaluation["img_per_s"]
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / loss_count,
+            "lr": lr,
+            "val_top1": evaluation["top1"],
+            "val_top5": evaluation["top5"],
+            "train_img_per_s": images_seen / train_seconds,
+        }
+        history.append(record)
+        rng = distributed.all_gather_objects(_rng_state(device, (train_loader, val_loader)))
+        if world.is_main:
+            save_checkpoint({
+                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": history, "rng": rng,
+                "eval_img_per_s": eval_rate, "fingerprint": fingerprint,
+                "wall_time_s": earlier_wall + time.perf_counter() - wall_start,
+            }, checkpoint_dir / LAST_CHECKPOINT)
+        distributed.barrier()
+        if on_epoch is not None and world.is_main:
+            on_epoch(dict(record))
 
-        last = {"top1": history[-1]["val_top1"], "top5": history[-1]["val_top5"]} if history else None
-        if status == "diverged":
-            last = {"top1": math.nan, "top5": math.nan}
-        result = _result(status, reason, history, last, resumed_from, eval_rate,
-                         earlier_wall + time.perf_counter() - wall_start, device)
-        if status == "diverged":
-            result["train_loss"] = loss_value
-        return _finish(result, options)
-    finally:
-        torch.use_deterministic_algorithms(previous_determinism[0], warn_only=previous_determinism[1])
+    if status == "diverged":
+        last = {"top1": math.nan, "top5": math.nan}  # the weights are garbage now; history keeps the good epochs
+    else:
+        last = {"top1": history[-1]["val_top1"], "top5": history[-1]["val_top5"]}
+    result = _result(status, reason, history, last, resumed_from, eval_rate,
+                     earlier_wall + time.perf_counter() - wall_start, device)
+    if status == "diverged":
+        result["train_loss"] = loss_value
+    return _finish(result, options)
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):

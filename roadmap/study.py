@@ -69,8 +69,11 @@ class StudyOptions:
             roadmap=roadmap, steps=tuple(steps), seeds=tuple(seeds), preset=preset, data=data,
             epochs=options["epochs"], batch_size=options["batch_size"], image_size=options["image_size"],
             width_multiplier=options["width_mult"], lr=options["lr"], workers=options["workers"],
-            micro_batch=options["micro_batch"], device=device, precision=options["precision"],
-            channels_last=options["channels_last"], compile=options["compile_model"],
+            micro_batch=options["micro_batch"], device=device,
+            # bf16 autocast is for GPUs: on a CPU without bf16 units it runs ~15x slower than fp32.
+            precision=options["precision"] or (preset.precision if device == "cuda" else "fp32"),
+            channels_last=preset.channels_last if options["channels_last"] is None else options["channels_last"],
+            compile=options["compile_model"],
             sync_batchnorm=options["sync_bn"], tracking_uri=options["tracking_uri"],
             experiment=options["experiment"] or roadmap.name, force=options["force"],
             checkpoint_dir=options["checkpoint_dir"], results_dir=options["results_dir"],
@@ -98,13 +101,20 @@ class StudyOptions:
         }
 
 
-def batch_split(recipe: RecipeSpec, world_size: int, micro_batch: int | None) -> tuple[int, int]:
-    """(per-process micro-batch, accumulation steps) that make up the recipe's effective batch."""
+def batch_split(recipe: RecipeSpec, world_size: int, micro_batch: int | None,
+                accumulation_steps: int = 1) -> tuple[int, int]:
+    """(per-process micro-batch, accumulation steps) that make up the recipe's effective batch.
+
+    `micro_batch` wins; without it the preset's accumulation steps split the per-process batch.
+    """
     if recipe.batch_size % world_size:
         raise SpecError(f"batch size {recipe.batch_size} does not divide across {world_size} processes; "
                         f"choose a multiple of {world_size}")
     per_process = recipe.batch_size // world_size
-    micro = min(micro_batch or per_process, per_process)
+    if not micro_batch and per_process % accumulation_steps:
+        raise SpecError(f"the per-process batch {per_process} does not split into {accumulation_steps} "
+                        "accumulation steps; choose --micro-batch")
+    micro = min(micro_batch or per_process // accumulation_steps, per_process)
     if per_process % micro:
         raise SpecError(f"--micro-batch={micro} does not divide the per-process batch {per_process} "
                         f"(batch size {recipe.batch_size} / {world_size} processes)")
@@ -140,7 +150,7 @@ def _validate(study: StudyOptions, world_size: int) -> None:
     """Every check that can fail before the first step trains: specs, batch splits, data."""
     for step in study.steps:
         _, recipe, data = study.resolve(step)
-        batch_split(recipe, world_size, study.micro_batch)
+        batch_split(recipe, world_size, study.micro_batch, study.preset.accumulation_steps)
     validate_data(study.resolve(study.steps[0])[2])
 
 
@@ -206,7 +216,7 @@ def _run_one(study: StudyOptions, step: Step, seed: int, cache: DatasetCache, tr
         shutil.rmtree(checkpoint_dir)
     distributed.barrier()
     datasets = cache.get(data, recipe)
-    micro, accumulation = batch_split(recipe, world.world_size, study.micro_batch)
+    micro, accumulation = batch_split(recipe, world.world_size, study.micro_batch, study.preset.accumulation_steps)
     torch.manual_seed(seed)
     model = build_model(arch, num_classes=datasets.num_classes)
     complexity = count_complexity(model, data.image_size)

@@ -28,15 +28,17 @@ def test_demo_scales_the_modern_recipe():
     assert recipe.warmup_epochs == pytest.approx(20 / 300 * demo.epochs)
     # A fixed peak lr, not 4e-3 x 64 / 4096.
     assert recipe.lr() == pytest.approx(demo.peak_lr["modern"])
-    # Everything else is the recipe's own.
-    assert (recipe.optimizer, recipe.mixup_alpha, recipe.min_lr, recipe.weight_decay) == ("adamw", 0.8, 1e-6, 0.05)
+    # Mixup and CutMix off for the short run; everything else is the recipe's own.
+    assert (recipe.mixup_alpha, recipe.cutmix_alpha) == (0.0, 0.0)
+    assert (recipe.optimizer, recipe.auto_augment, recipe.min_lr, recipe.weight_decay, recipe.label_smoothing) == (
+        "adamw", MODERN.auto_augment, 1e-6, 0.05, 0.1)
 
 
 def test_classic_milestones_stay_fractions_of_the_epochs():
     _, recipe, _ = apply_preset(get_preset("demo"), ARCH, CLASSIC, SYNTHETIC, epochs=9)
     assert recipe.epochs == 9 and recipe.lr_milestones == CLASSIC.lr_milestones
     assert [round(f * recipe.epochs) for f in recipe.lr_milestones] == [3, 6, 8]
-    assert recipe.warmup_epochs == 0 and recipe.lr() == pytest.approx(0.1)
+    assert recipe.warmup_epochs == 0 and recipe.lr() == pytest.approx(0.1 * 64 / 256)  # linear scaling kept
 
 
 def test_paper_keeps_each_recipes_own_scale():
@@ -69,6 +71,18 @@ def test_base_lr_scale_keeps_linear_scaling():
     preset = dataclasses.replace(get_preset("proxy"), base_lr_scale={"modern": 2.0})
     _, recipe, _ = apply_preset(preset, ARCH, MODERN, SYNTHETIC)
     assert recipe.lr() == pytest.approx(2 * 4e-3 * 1024 / 4096)
+
+
+def test_recipe_overrides_apply_to_their_recipe_only():
+    preset = dataclasses.replace(get_preset("proxy"), recipe_overrides={"classic": {"label_smoothing": 0.1}})
+    assert apply_preset(preset, ARCH, CLASSIC, SYNTHETIC)[1].label_smoothing == 0.1
+    assert apply_preset(preset, ARCH, MODERN, SYNTHETIC)[1].mixup_alpha == MODERN.mixup_alpha
+
+
+def test_an_unknown_recipe_override_is_named():
+    preset = dataclasses.replace(get_preset("proxy"), recipe_overrides={"modern": {"mixup": 0.0}})
+    with pytest.raises(SpecError, match=r"preset 'proxy' recipe_overrides\['modern'\]: unknown flag 'mixup'; valid"):
+        apply_preset(preset, ARCH, MODERN, SYNTHETIC)
 
 
 def test_zero_epochs_is_allowed_and_has_no_warmup():
@@ -108,5 +122,26 @@ def test_split_batch():
 def test_presets_are_immutable():
     with pytest.raises(TypeError):
         get_preset("demo").peak_lr["modern"] = 1.0
+    with pytest.raises(TypeError):
+        get_preset("demo").recipe_overrides["modern"]["mixup_alpha"] = 0.8
     with pytest.raises(dataclasses.FrozenInstanceError):
         get_preset("demo").epochs = 1
+
+
+@pytest.mark.parametrize("step_name", ["resnet50", "separate_downsampling"])
+def test_a_smoke_step_trains_end_to_end(step_name, tmp_path):
+    from roadmap.data import build_datasets, build_loaders
+    from roadmap.engine import TrainOptions, seed_everything, train_and_evaluate
+    from roadmap.model import build_model
+    from roadmap.steps import load_roadmap
+
+    step = load_roadmap("resnet50_to_convnext_t").step(step_name)
+    arch, recipe, data = apply_preset(get_preset("smoke"), step.arch, step.recipe, SYNTHETIC)
+    seed_everything(0)
+    model = build_model(arch, data.num_classes)
+    loaders = build_loaders(build_datasets(data, recipe), split_batch(recipe.batch_size, 1, 1),
+                            workers=data.workers, seed=0)
+    result = train_and_evaluate(model, recipe, *loaders, num_classes=data.num_classes,
+                                options=TrainOptions(checkpoint_dir=tmp_path))
+    assert result["status"] == "finished" and result["epochs_completed"] == 1
+    assert 0 <= result["top1"] <= result["top5"] <= 100
