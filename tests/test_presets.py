@@ -145,3 +145,15 @@ def test_a_smoke_step_trains_end_to_end(step_name, tmp_path):
                                 options=TrainOptions(checkpoint_dir=tmp_path))
     assert result["status"] == "finished" and result["epochs_completed"] == 1
     assert 0 <= result["top1"] <= result["top5"] <= 100
+
+
+def test_study_rejects_a_batch_that_does_not_split_across_processes():
+    from roadmap.recipes import MODERN
+    from roadmap.spec import SpecError
+    from roadmap.study import batch_split
+
+    recipe = dataclasses.replace(MODERN, batch_size=33)
+    with pytest.raises(SpecError, match="batch size 33 does not divide across 2 processes"):
+        batch_split(recipe, world_size=2, micro_batch=None)
+    assert batch_split(dataclasses.replace(recipe, batch_size=64), 2, None, accumulation_steps=4) == (8, 4)
+    assert batch_split(dataclasses.replace(recipe, batch_size=64), 2, 16) == (16, 2)

@@ -139,3 +139,17 @@ def test_adding_a_step_is_adding_a_file(tmp_path):
 def test_impossible_arch_fails_validation(flags, message):
     with pytest.raises(SpecError, match=message):
         ArchSpec(**flags)
+
+
+def test_second_roadmap_end_points_are_the_named_reference_sizes():
+    """resnet200 is timm's resnet200 and separate_downsampling is ConvNeXt-B (tests/test_sizes.py checks
+    those named sizes against timm and torchvision, parameters and logits)."""
+    import dataclasses
+
+    from roadmap.sizes import get_size
+
+    roadmap = load_roadmap("resnet200_to_convnext_b")
+    assert roadmap.step("resnet200").arch == get_size("resnet200")
+    final = roadmap.step("separate_downsampling").arch
+    assert dataclasses.replace(final, drop_path_rate=0.0) == dataclasses.replace(get_size("convnext_base"),
+                                                                                 drop_path_rate=0.0)

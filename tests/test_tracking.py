@@ -299,3 +299,22 @@ def test_fake_study_against_a_real_server(mlflow_server, tmp_path):
     assert Path(downloaded).read_text().startswith("{")
     # The server proxies artifacts into its own destination folder.
     assert list((folder / "artifacts").rglob("config.json"))
+
+
+@pytest.mark.slow  # the server start and a real smoke study: a few minutes on a 2-core machine
+def test_smoke_study_against_a_real_server(mlflow_server, tmp_path):
+    """run_ablation.py as a user runs it, recording into an `mlflow server` on 127.0.0.1."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    uri, _ = mlflow_server
+    script = Path(__file__).resolve().parent.parent / "run_ablation.py"
+    result = subprocess.run([sys.executable, str(script), "--upto", "modern_recipe", "--preset", "smoke",
+                             "--tracking-uri", uri, "--experiment", "served", "--no-progress"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runs = load_step_runs(uri, "served")
+    assert sorted(run["tags"]["step"] for run in runs) == ["modern_recipe", "resnet50"]
+    assert all(run["mlflow_status"] == "FINISHED" and "top1" in run["metrics"] for run in runs)
+    assert not (tmp_path / "mlflow.db").exists()
