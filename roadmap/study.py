@@ -1,6 +1,7 @@
 """One study: every (step, seed) of a plan trained, evaluated and tracked, then the results table written."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -186,7 +187,7 @@ def run_study(study: StudyOptions) -> int:
     study_params = {"roadmap": study.roadmap.name, "steps": ",".join(s.name for s in study.steps),
                     "seeds": ",".join(map(str, study.seeds)), "preset": study.preset.name, "data": study.data.source}
     with (tracker.study(f"{study.roadmap.name} study", study_params, {"roadmap": study.roadmap.name})
-          if tracker else _nothing()):
+          if tracker else contextlib.nullcontext()):
         for index, (step, seed) in enumerate(jobs, start=1):
             outcome = _run_one(study, step, seed, cache, tracker, world, f"[{index}/{len(jobs)}]")
             outcomes.append(outcome)
@@ -277,14 +278,6 @@ def _write_results(study: StudyOptions) -> None:
     csv_path, md_path = write_results(summary[summary["step"].isin(steps)], study.results_dir / study.experiment)
     click.echo(to_markdown(summary[summary["step"].isin(steps)]))
     click.echo(f"results: {csv_path} and {md_path}")
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc) -> bool:
-        return False
 
 
 def run_benchmark(study: StudyOptions) -> int:
