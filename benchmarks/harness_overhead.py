@@ -33,44 +33,82 @@ def pure_step_seconds(model: torch.nn.Module, recipe, batches: list, num_classes
     return time.perf_counter() - start
 
 
+def harness_seconds(arch, recipe, datasets, loaders, step: str, seed: int, channels_last: bool) -> float:
+    """Seconds of one epoch through train_and_evaluate, MLflow logging included, less its evaluation."""
+    from roadmap.tracking import Tracker
+
+    train_loader, val_loader = loaders
+    with tempfile.TemporaryDirectory() as scratch:
+        tracker = Tracker(f"sqlite:///{scratch}/mlflow.db", "overhead")
+        model = build_model(arch, datasets.num_classes)
+        options = TrainOptions(checkpoint_dir=Path(scratch) / "checkpoint", seed=seed, progress=True,
+                               channels_last=channels_last)
+        with tracker.step_run(step, seed, "overhead", params={}, tags={}, config={}) as run:
+            result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
+                                        options=options, on_epoch=lambda r: run.log_epoch(r, r["epoch"]))
+    return result["wall_time_s"] - len(datasets.val) / result["eval_img_per_s"]
+
+
 @click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--step", default="modern_recipe", show_default=True, help="Roadmap step whose network trains.")
 @click.option("--roadmap", "roadmap_name", default="resnet50_to_convnext_t", show_default=True)
 @click.option("--preset", default="demo", show_default=True, help="Scale (data size, resolution, width, batch).")
-@click.option("--repeats", default=3, show_default=True, help="Epochs timed each way; the median is reported.")
+@click.option("--repeats", default=5, show_default=True, help="Epochs timed each way; medians are reported.")
 def main(step: str, roadmap_name: str, preset: str, repeats: int) -> None:
-    """Time one training epoch through the harness (data loader, augmentation, Mixup, progress, checkpoint,
-    MLflow logging) against the same number of pure model steps on pre-loaded batches, on this CPU."""
-    chosen = load_roadmap(roadmap_name).step(step)
-    arch, recipe, data = apply_preset(get_preset(preset), chosen.arch, chosen.recipe, DataSpec(), epochs=1)
+    """Time one training epoch through the harness (data loader, augmentation, normalization, random erasing,
+    progress bar, checkpoint, MLflow logging) against the same number of pure model steps (forward, loss,
+    backward, optimizer) on batches already in memory, on this CPU, with the preset's memory format.
+
+    "first step" builds the data sets afresh, as the first step of a study that uses them does; "later
+    steps" reuses them, as every later step with the same data and recipe does, and finds the augmented
+    items kept from the first (they are a function of seed, epoch and index)."""
+    roadmap = load_roadmap(roadmap_name)
+    chosen = roadmap.step(step)
+    scale = get_preset(preset)
+    arch, recipe, data = apply_preset(scale, chosen.arch, chosen.recipe, DataSpec(), epochs=1)
     torch.set_num_threads(cpu_threads(1, data.workers))
-    datasets = build_datasets(data, recipe)
-    train_loader, val_loader = build_loaders(datasets, recipe.batch_size, workers=data.workers, seed=0)
+    memory_format = torch.channels_last if scale.channels_last else torch.contiguous_format
 
-    harness, pure = [], []
+    first, later, pure = [], [], []
     for repeat in range(repeats):
-        from roadmap.tracking import Tracker
+        datasets = build_datasets(data, recipe)
+        loaders = build_loaders(datasets, recipe.batch_size, workers=data.workers, seed=repeat)
+        # The pure steps get the batches the first harness epoch will see, normalized and erased.
+        loaders[0].sampler.set_epoch(0)
+        batches = [(images.contiguous(memory_format=memory_format), labels) for images, labels in loaders[0]]
+        datasets = build_datasets(data, recipe)  # afresh: nothing kept
+        loaders = build_loaders(datasets, recipe.batch_size, workers=data.workers, seed=repeat)
+        model = build_model(arch, datasets.num_classes).to(memory_format=memory_format)
+        pure.append(pure_step_seconds(model, recipe, batches, datasets.num_classes))
+        first.append(harness_seconds(arch, recipe, datasets, loaders, step, repeat, scale.channels_last))
+        later.append(harness_seconds(arch, recipe, datasets, loaders, step, repeat, scale.channels_last))
 
-        with tempfile.TemporaryDirectory() as scratch:
-            tracker = Tracker(f"sqlite:///{scratch}/mlflow.db", "overhead")
-            model = build_model(arch, datasets.num_classes)
-            options = TrainOptions(checkpoint_dir=Path(scratch) / "checkpoint", seed=repeat, progress=True)
-            with tracker.step_run(step, repeat, "overhead", params={}, tags={}, config={}) as run:
-                result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
-                                            options=options, on_epoch=lambda r: run.log_epoch(r, r["epoch"]))
-            # The whole call minus its evaluation: set-up, the train loop, checkpoint and MLflow logging.
-            harness.append(result["wall_time_s"] - len(datasets.val) / result["eval_img_per_s"])
-        train_loader.sampler.set_epoch(repeat)
-        batches = list(train_loader)
-        pure.append(pure_step_seconds(build_model(arch, datasets.num_classes), recipe, batches, datasets.num_classes))
-
-    harness_s, pure_s = statistics.median(harness), statistics.median(pure)
+    pure_s = statistics.median(pure)
     click.echo(f"{step} at preset {preset}: {datasets.description}, batch {recipe.batch_size}, fp32, "
-               f"cpu ({torch.get_num_threads()} threads), {data.workers} loader worker(s); median of {repeats} epochs")
-    click.echo(f"pure model steps (forward + backward + {recipe.optimizer}, batches in memory): {pure_s:.2f} s/epoch")
-    click.echo(f"through the harness (loader, augmentation, mixup, progress, checkpoint, MLflow): "
-               f"{harness_s:.2f} s/epoch")
-    click.echo(f"harness overhead: {100 * (harness_s / pure_s - 1):+.1f} % of the pure model step time")
+               f"{'channels_last' if scale.channels_last else 'contiguous'}, cpu ({torch.get_num_threads()} "
+               f"threads), {data.workers} loader worker(s); {repeats} repeats of (pure, first, later), each one "
+               "epoch; medians, spread = (max - min) / median")
+    click.echo(f"pure model steps (forward + backward + {recipe.optimizer}, batches in memory): "
+               f"{pure_s:.2f} s/epoch (spread {_spread(pure):.0f} %)")
+    overheads = {}
+    for label, times in (("first step of a study (augmentations run)", first),
+                         ("later steps (augmented items kept from the first)", later)):
+        # Each repeat's harness epoch against the pure epoch timed just before it: drift cancels out.
+        ratios = [harness / reference for harness, reference in zip(times, pure)]
+        overheads[label] = statistics.median(ratios) - 1
+        click.echo(f"through the harness, {label}: {statistics.median(times):.2f} s/epoch (spread "
+                   f"{_spread(times):.0f} %); overhead {100 * overheads[label]:+.1f} % of the pure model step time "
+                   f"(median of the {repeats} paired ratios, range {100 * (min(ratios) - 1):+.0f} to "
+                   f"{100 * (max(ratios) - 1):+.0f} %)")
+    sharing = sum(other.recipe == chosen.recipe for other in roadmap.steps)
+    first_overhead, later_overhead = overheads.values()
+    study_overhead = (first_overhead + (sharing - 1) * later_overhead) / sharing
+    click.echo(f"over the {sharing} steps of {roadmap_name} with the {recipe.name} recipe (one first, "
+               f"{sharing - 1} later; equal model cost assumed): overhead {100 * study_overhead:+.1f} %")
+
+
+def _spread(times: list[float]) -> float:
+    return 100 * (max(times) - min(times)) / statistics.median(times)
 
 
 if __name__ == "__main__":

@@ -126,7 +126,8 @@ class Workload:
         self.device = torch.device(config.device)
         memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        # Fused, as the harness trains (engine.build_optimizer).
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4, fused=True)
         generator = torch.Generator().manual_seed(seed)
         shape = (config.batch_size, 3, config.image_size, config.image_size)
         self.images = torch.randn(shape, generator=generator).to(self.device, memory_format=memory_format)

@@ -8,6 +8,9 @@ from torch import nn
 from .spec import ArchSpec
 
 ACTIVATION_LAYERS = {"relu": nn.ReLU, "gelu": nn.GELU}
+# In place where the layer can be (torchvision's ResNet does the same): every activation here follows a
+# conv, norm, linear or sum whose backward does not need its output, so overwriting it saves a tensor.
+ACTIVATION_IN_PLACE = {"relu": True, "gelu": False}
 # Channels-first norms for NCHW tensors; LayerNorm2d normalizes over C at each (h, w).
 NORM_LAYERS = {"batch": nn.BatchNorm2d, "layer": LayerNorm2d}
 # Norms for (N, C) vectors after global pooling.
@@ -19,7 +22,7 @@ def make_norm(kind: str, channels: int) -> nn.Module:
 
 
 def make_activation(kind: str) -> nn.Module:
-    return ACTIVATION_LAYERS[kind]()
+    return ACTIVATION_LAYERS[kind](inplace=True) if ACTIVATION_IN_PLACE[kind] else ACTIVATION_LAYERS[kind]()
 
 
 def conv(
@@ -133,7 +136,9 @@ class Block(nn.Module):
         branch = x
         for conv_layer, norm, act in zip(self.convs, self.norms, self.acts):
             branch = act(norm(conv_layer(branch)))
-        return self.act_after_add(self.shortcut(x) + self.drop_path(self.layer_scale(branch)))
+        branch = self.drop_path(self.layer_scale(branch))
+        branch += self.shortcut(x)  # in place, as torchvision's Bottleneck: no backward here needs the branch
+        return self.act_after_add(branch)
 
 
 class ConvNeXtBlock(nn.Module):

@@ -164,18 +164,21 @@ def to_markdown(summary: pd.DataFrame) -> str:
     lines = [
         f"# {roadmap}",
         "",
-        f"Data set: {_joined(summary['dataset']) or '?'} · preset: {_joined(summary['preset']) or '?'} · "
+        f"Data set: {_joined(summary['dataset']) or 'none trained yet'} · "
+        f"preset: {_joined(summary['preset']) or '–'} · "
         f"seeds: {','.join(map(str, seeds)) or 'none'}. Top-1 is the mean ± sample std over finished seeds; "
         "Δ is against the step's parent (the previous adopted step; for an explored branch, its base). "
-        "GMACs and the paper's GFLOPs are both multiply-accumulates of conv and linear layers only. "
+        "GMACs and the paper's GFLOPs are both multiply-accumulates of conv and linear layers only; ours are at "
+        "this study's resolution and width, the paper's at 224 px and full width. Throughput (img/s) is on "
+        "this study's device, batch and precision; peak memory in MiB. "
         "Paper columns: ImageNet-1K, Liu et al. 2022, Table 10.",
         "",
     ]
     bench = summary[["bench_train_img_per_s", "bench_eval_img_per_s", "bench_peak_memory_mb"]].notna().any().any()
     header = ["#", "step", "group", "top-1 (%) mean ± std", "Δ top-1", "paper top-1", "GMACs (ours)",
-              "paper GFLOPs", "params (M)", "train img/s", "eval img/s", "peak mem (MB)"]
+              "paper GFLOPs", "params (M)", "train img/s", "eval img/s", "peak mem (MiB)"]
     if bench:
-        header += ["bench train img/s", "bench eval img/s", "bench peak mem (MB)"]
+        header += ["bench train img/s", "bench eval img/s", "bench peak mem (MiB)"]
     header += ["seeds", "status"]
     lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in summary.itertuples(index=False):
@@ -186,7 +189,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
             _pm(row.top1_mean, row.top1_std),
             _number(row.delta_top1, "{:+.2f}"),
             _pm(row.paper_top1, row.paper_top1_std),
-            _number(row.gmacs, "{:.2f}"),
+            _number(row.gmacs, "{:.4g}"),  # 4.089 at the paper's scale, 0.006312 at the demo's
             _number(row.paper_gflops, "{:.2f}"),
             _number(row.params / 1e6, "{:.2f}"),
             _number(row.train_img_per_s, "{:.0f}"),

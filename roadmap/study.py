@@ -221,13 +221,13 @@ def _run_one(study: StudyOptions, step: Step, seed: int, cache: DatasetCache, tr
     torch.manual_seed(seed)
     model = build_model(arch, num_classes=datasets.num_classes)
     complexity = count_complexity(model, data.image_size)
-    train_loader, val_loader = build_loaders(datasets, micro, workers=data.workers, seed=seed,
-                                             rank=world.rank, world_size=world.world_size)
     options = TrainOptions(
         checkpoint_dir=checkpoint_dir, seed=seed, device=study.device, precision=study.precision,
         channels_last=study.channels_last, compile=study.compile, accumulation_steps=accumulation,
         sync_batchnorm=study.sync_batchnorm, progress=study.progress, world=world,
     )
+    train_loader, val_loader = build_loaders(datasets, micro, workers=data.workers, seed=seed, rank=world.rank,
+                                             world_size=world.world_size, device=options.torch_device())
     if world.is_main:
         click.echo(f"{label} {step.name} seed {seed}: {complexity.params / 1e6:.2f} M params, "
                    f"{complexity.gmacs:.3f} GMACs at {data.image_size} px, {recipe.name} recipe, {recipe.epochs} "

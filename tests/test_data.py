@@ -1,6 +1,7 @@
 """Tests of roadmap.data and roadmap.synthetic: determinism, checks, formats, and loader sharding."""
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import random
 from collections import Counter
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from roadmap import synthetic
 from roadmap.data import (
@@ -89,13 +91,53 @@ def test_synthetic_items_after_transforms(recipe, image_size):
     datasets = build_datasets(DataSpec(image_size=image_size, train_size=50, val_size=20), recipe)
     assert datasets.description == f"synthetic (10 classes, 50/20 images, {image_size} px)"
     assert (datasets.num_classes, datasets.kind, datasets.class_names[:2]) == (10, "synthetic", ("disc", "square"))
+    assert datasets.random_erasing == recipe.random_erasing
     for split in (datasets.train, datasets.val):
         image, label = split[3]
-        assert image.shape == (3, image_size, image_size) and image.dtype == torch.float32
+        assert image.shape == (3, image_size, image_size) and image.dtype == torch.uint8
         assert label == 3 and isinstance(label, int)
-    # Normalized with the ImageNet mean and std: values below 0 and above 1 occur.
-    val_image = datasets.val[0][0]
-    assert val_image.min() < 0 < 1 < val_image.max()
+
+
+def test_loader_batches_are_normalized_on_the_device():
+    datasets = build_datasets(SMALL, CLASSIC)
+    _, val_loader = build_loaders(datasets, 8, workers=0, seed=0, device="cpu")
+    images, labels = next(iter(val_loader))
+    assert images.dtype == torch.float32 and images.shape == (8, 3, 32, 32) and labels.tolist() == list(range(8))
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    expected = (datasets.val[2][0].float() / 255 - mean) / std
+    torch.testing.assert_close(images[2], expected)
+
+
+def test_random_erasing_is_a_function_of_seed_epoch_and_batch_and_leaves_global_generators_alone():
+    datasets = build_datasets(SMALL, dataclasses.replace(MODERN, random_erasing=1.0))
+    train_loader, _ = build_loaders(datasets, 16, workers=0, seed=1)
+    train_loader.sampler.set_epoch(0)
+    erased = next(iter(train_loader))[0]
+    keys = list(train_loader.sampler)[:16]
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    clean = torch.stack([(datasets.train[key][0].float() / 255 - mean) / std for key in keys])
+    changed = ((erased - clean).abs() > 1e-4).any(dim=1)  # (batch, h, w): erased pixels
+    assert all(changed[i].any() for i in range(16)), "probability 1 erases a patch of every image"
+    assert all(not changed[i].all() for i in range(16)), "a patch, not the whole image"
+    states = random.getstate(), torch.get_rng_state()
+    assert torch.equal(next(iter(train_loader))[0], erased)
+    assert random.getstate() == states[0] and torch.equal(torch.get_rng_state(), states[1])
+
+
+def test_transformed_items_are_kept_in_the_training_process_within_the_budget():
+    datasets = build_datasets(SMALL, MODERN)
+    first = datasets.train[(5, 1234)]
+    assert datasets.train[(5, 1234)][0] is first[0]  # kept: the augmentations ran once
+    assert datasets.train[5][0] is not datasets.train[5][0]  # an unseeded random transform is never kept
+    assert datasets.val[5][0] is datasets.val[5][0]  # the eval transform is deterministic
+    one_item = first[0].nbytes
+    assert datasets.train.kept_bytes == one_item and datasets.val.kept_bytes == one_item
+    datasets.train.keep_bytes = 2 * one_item
+    for index in range(4):
+        datasets.train[(index, 99)]
+    assert datasets.train.kept_bytes == 2 * one_item
+    assert datasets.train[(3, 99)][0] is not datasets.train[(3, 99)][0]  # over the budget: transformed again
+    assert torch.equal(datasets.train[(3, 99)][0], datasets.train[(3, 99)][0])
 
 
 def test_seeded_item_is_repeatable_and_leaves_global_generators_alone():

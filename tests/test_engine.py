@@ -131,6 +131,7 @@ def test_optimizers_follow_the_recipes():
     assert {group["weight_decay"] for group in sgd.param_groups} == {1e-4}  # decay on everything
     adamw = build_optimizer(tiny_model(), MODERN)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.999)
+    assert sgd.defaults["fused"] and adamw.defaults["fused"]  # one kernel per step, not a few per parameter
     decay = {group["weight_decay"]: [p.ndim for p in group["params"]] for group in adamw.param_groups}
     assert set(decay) == {0.0, 0.05}
     assert all(ndim == 1 for ndim in decay[0.0]) and all(ndim > 1 for ndim in decay[0.05])
