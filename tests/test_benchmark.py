@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -16,7 +17,15 @@ from roadmap.model import build_model
 
 TINY = BenchmarkConfig(batch_size=4, image_size=32, warmup=1, repeats=1, iterations_per_repeat=1, num_classes=10)
 FIGURES = ("train_img_per_s", "eval_img_per_s", "train_spread_pct", "eval_spread_pct", "peak_memory_mb")
-SIDE_BY_SIDE = Path(__file__).resolve().parent.parent / "benchmarks" / "side_by_side.py"
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +60,7 @@ def test_config_rejects_unknown_precision():
 
 
 def test_side_by_side_prints_a_ratio_line_per_pair():
-    spec = importlib.util.spec_from_file_location("side_by_side", SIDE_BY_SIDE)
-    side_by_side = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = side_by_side  # dataclasses look their module up there
-    spec.loader.exec_module(side_by_side)
+    side_by_side = load_script("side_by_side")
     args = "--threads 1 --image-size 32 --batch-size 2 --repeats 1 --iterations 1 --warmup 0".split()
     result = CliRunner().invoke(side_by_side.main, args)
     assert result.exit_code == 0, result.output
@@ -62,3 +68,18 @@ def test_side_by_side_prints_a_ratio_line_per_pair():
     assert len(ratio_lines) == 2
     assert all("train" in line and "eval" in line for line in ratio_lines)
     assert "img/s" in result.output
+
+
+def test_harness_overhead_prints_pure_and_harness_times_and_the_overheads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the script writes nothing here, but MLflow may create ./mlruns
+    harness_overhead = load_script("harness_overhead")
+    result = CliRunner().invoke(harness_overhead.main, "--preset smoke --step stage_ratio --repeats 1".split())
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    pure = next(line for line in lines if line.startswith("pure model steps"))
+    harness = [line for line in lines if line.startswith("through the harness")]
+    assert "s/epoch" in pure and len(harness) == 2
+    assert all(re.search(r"overhead [+-]\d+\.\d % of the pure model step time", line) for line in harness)
+    study = next(line for line in lines if line.startswith("over the "))
+    assert re.search(r"over the 16 steps of resnet50_to_convnext_t with the modern recipe .* overhead [+-]\d", study)
+    assert "batch 32" in result.output and "cpu (" in result.output and "fp32" in result.output
