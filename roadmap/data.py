@@ -422,13 +422,14 @@ class DeviceBatches(PrefetchLoader):
 def _device_generators(seed: int, device: torch.device) -> Iterator[None]:
     """Python's and `device`'s torch generator seeded with `seed` inside the block, restored after it."""
     python_state = random.getstate()
-    on_cuda = device.type == "cuda"
-    with torch.random.fork_rng(devices=[device.index or torch.cuda.current_device()] if on_cuda else []):
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        devices, generator = [index], torch.cuda.default_generators[index]
+    else:
+        devices, generator = [], torch.default_generator
+    with torch.random.fork_rng(devices=devices):
         random.seed(seed)
-        if on_cuda:
-            torch.cuda.manual_seed(seed)
-        else:
-            torch.default_generator.manual_seed(seed)
+        generator.manual_seed(seed)
         try:
             yield
         finally:
