@@ -9,7 +9,7 @@ import math
 import random
 import resource
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ PRECISIONS = ("fp32", "bf16")
 DEVICES = distributed.DEVICES
 LAST_CHECKPOINT = "last.pt"
 FINAL_RESULT = "final.json"
-EPOCH_KEYS = ("epoch", "train_loss", "lr", "val_top1", "val_top5", "train_img_per_s")
+EPOCH_KEYS = ("epoch", "train_loss", "lr", "val_top1", "val_top5", "train_img_per_s", "train_s", "data_wait_s")
 
 
 @dataclass(frozen=True)
@@ -268,7 +268,8 @@ def _train(model: nn.Module, recipe: RecipeSpec, train_loader: DataLoader, val_l
         bar = tqdm(total=steps_per_epoch * accumulation, desc=f"epoch {epoch + 1}/{recipe.epochs}",
                    disable=not show_progress, leave=False)
         epoch_start = time.perf_counter()
-        for micro_step, (images, labels) in enumerate(train_loader):
+        batches = WaitTimer(train_loader)
+        for micro_step, (images, labels) in enumerate(batches):
             if micro_step == steps_per_epoch * accumulation:
                 break  # a trailing partial accumulation group is skipped, as a partial batch would be
             images, labels = _to_device(images, labels, device, options.channels_last)
@@ -318,6 +319,9 @@ def _train(model: nn.Module, recipe: RecipeSpec, train_loader: DataLoader, val_l
             "val_top1": evaluation["top1"],
             "val_top5": evaluation["top5"],
             "train_img_per_s": images_seen / train_seconds,
+            # Seconds of this epoch's training loop, and how much of it this process waited for batches.
+            "train_s": train_seconds,
+            "data_wait_s": batches.seconds,
         }
         history.append(record)
         rng = distributed.all_gather_objects(_rng_state(device, (train_loader, val_loader)))
@@ -341,6 +345,24 @@ def _train(model: nn.Module, recipe: RecipeSpec, train_loader: DataLoader, val_l
     if status == "diverged":
         result["train_loss"] = loss_value
     return _finish(result, options)
+
+
+class WaitTimer:
+    """An iterable's items, timing how long each `next` took: what a training loop waits for its data."""
+
+    def __init__(self, iterable: Iterable):
+        self.iterable, self.seconds = iterable, 0.0
+
+    def __iter__(self) -> Iterator:
+        iterator = iter(self.iterable)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            self.seconds += time.perf_counter() - start
+            yield item
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
@@ -375,6 +397,9 @@ def _result(status: str, reason: str, history: list[dict], evaluation: dict | No
         "eval_img_per_s": eval_rate,
         "peak_memory_mb": _peak_memory_mb(device),
         "wall_time_s": wall_time_s,
+        # Sums over the epochs in `history`: training loops, and the part of them spent waiting for data.
+        "train_s": sum(record.get("train_s", math.nan) for record in history),
+        "data_wait_s": sum(record.get("data_wait_s", math.nan) for record in history),
         "history": history,
     }
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import shutil
 import time
@@ -177,6 +178,7 @@ def run_study(study: StudyOptions) -> int:
         tracker = Tracker(study.tracking_uri, study.experiment)
     cache = DatasetCache()
     outcomes: list[str] = []
+    trained: list[dict[str, Any]] = []  # the engine's result of every step trained by this invocation
     start = time.perf_counter()
     echo = click.echo if world.is_main else (lambda *_a, **_k: None)
     jobs = [(step, seed) for step in study.steps for seed in study.seeds]
@@ -189,18 +191,31 @@ def run_study(study: StudyOptions) -> int:
     with (tracker.study(f"{study.roadmap.name} study", study_params, {"roadmap": study.roadmap.name})
           if tracker else contextlib.nullcontext()):
         for index, (step, seed) in enumerate(jobs, start=1):
-            outcome = _run_one(study, step, seed, cache, tracker, world, f"[{index}/{len(jobs)}]")
+            outcome = _run_one(study, step, seed, cache, tracker, world, f"[{index}/{len(jobs)}]", trained)
             outcomes.append(outcome)
     echo(f"study done in {time.perf_counter() - start:.1f} s wall time "
          f"({sum(o == 'finished' for o in outcomes)} finished, {sum(o == 'skipped' for o in outcomes)} skipped, "
          f"{sum(o == 'diverged' for o in outcomes)} diverged)")
+    if trained:
+        echo(time_split(trained))
     if world.is_main:
         _write_results(study)
     distributed.cleanup()
     return 1 if "diverged" in outcomes else 0
 
 
-def _run_one(study: StudyOptions, step: Step, seed: int, cache: DatasetCache, tracker, world, label: str) -> str:
+def time_split(results: list[dict[str, Any]]) -> str:
+    """Where the training time of some runs went: model steps, waiting for data, and everything else."""
+    train = sum(r.get("train_s", math.nan) for r in results)  # NaN for a run finished by an older version
+    wait = sum(r.get("data_wait_s", math.nan) for r in results)
+    wall = sum(r["wall_time_s"] for r in results)
+    return (f"time split over {len(results)} trained run(s): training loops {train:.1f} s, of which waiting for "
+            f"data {wait:.1f} s (+{100 * wait / max(train - wait, 1e-9):.1f} % on the model steps' "
+            f"{train - wait:.1f} s); evaluation, checkpoints and MLflow logging {wall - train:.1f} s")
+
+
+def _run_one(study: StudyOptions, step: Step, seed: int, cache: DatasetCache, tracker, world, label: str,
+             trained: list[dict[str, Any]]) -> str:
     arch, recipe, data = study.resolve(step)
     config = study.configuration(step)
     config_hash = spec_hash(config)
@@ -236,6 +251,7 @@ def _run_one(study: StudyOptions, step: Step, seed: int, cache: DatasetCache, tr
     if tracker is None:
         result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
                                     options=options)
+        trained.append(result)
         return result["status"]
     tags = _step_tags(study, step, seed, datasets, world)
     params = {key: value for key, value in config.items() if key != "step"}
@@ -244,6 +260,7 @@ def _run_one(study: StudyOptions, step: Step, seed: int, cache: DatasetCache, tr
             click.echo(f"{label} resuming MLflow run {run.run_id}")
         result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
                                     options=options, on_epoch=lambda record: run.log_epoch(record, record["epoch"]))
+        trained.append(result)
         if run.resumed:
             _backfill_epochs(tracker, run, result["history"])
         final = {key: result[key] for key in ("top1", "top5", "train_img_per_s", "eval_img_per_s",

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from roadmap.checkpoint import load_checkpoint, load_json, save_checkpoint, save
 from roadmap.engine import (
     EPOCH_KEYS,
     TrainOptions,
+    WaitTimer,
     build_optimizer,
     build_schedule,
     evaluate,
@@ -30,7 +32,7 @@ from roadmap.spec import SpecError
 
 RESULT_KEYS = {
     "status", "reason", "epochs_completed", "resumed_from_epoch", "top1", "top5", "train_loss",
-    "train_img_per_s", "eval_img_per_s", "peak_memory_mb", "wall_time_s", "history",
+    "train_img_per_s", "eval_img_per_s", "peak_memory_mb", "wall_time_s", "train_s", "data_wait_s", "history",
 }
 CLASSES = 4
 
@@ -91,6 +93,9 @@ def test_learns_a_separable_task(recipe, tmp_path):
     assert result["top5"] == 100.0  # top-4 of 4 classes
     assert result["top1"] == records[-1]["val_top1"] and result["train_loss"] == records[-1]["train_loss"]
     assert result["train_img_per_s"] > 0 and result["eval_img_per_s"] > 0 and result["peak_memory_mb"] > 0
+    assert all(0 <= r["data_wait_s"] < r["train_s"] for r in records)
+    assert result["train_s"] == pytest.approx(sum(r["train_s"] for r in records))
+    assert result["train_s"] < result["wall_time_s"]
     assert json.loads((tmp_path / "final.json").read_text())["top1"] == result["top1"]
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
 
@@ -163,7 +168,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     assert resumed["epochs_completed"] == 3
     for key in ("top1", "top5", "train_loss"):
         assert resumed[key] == whole[key], key
-    strip = ("train_img_per_s",)
+    strip = ("train_img_per_s", "train_s", "data_wait_s")  # timings differ from run to run
     assert [{k: v for k, v in r.items() if k not in strip} for r in resumed["history"]] == [
         {k: v for k, v in r.items() if k not in strip} for r in whole["history"]
     ]
@@ -380,3 +385,40 @@ def test_two_cpu_processes_with_gloo(tmp_path):
     assert rank0["top1"] == rank1["top1"] and rank0["history"][-1]["lr"] == rank1["history"][-1]["lr"]
     assert rank0["top1"] >= 80.0
     assert json.loads((tmp_path / "run" / "final.json").read_text())["top1"] == rank0["top1"]
+
+
+class SlowBatches:
+    """A loader whose every batch takes `delay` seconds to arrive."""
+
+    def __init__(self, loader, delay: float):
+        self.loader, self.delay = loader, delay
+        self.batch_size, self.sampler, self.generator = loader.batch_size, loader.sampler, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+
+def test_the_time_spent_waiting_for_batches_is_measured(tmp_path):
+    train_loader, val_loader = make_loaders()
+    slow = SlowBatches(train_loader, delay=0.02)
+    result = train_and_evaluate(tiny_model(), recipe_for(CLASSIC, epochs=1), slow, val_loader, num_classes=CLASSES,
+                                options=TrainOptions(checkpoint_dir=tmp_path))
+    assert result["data_wait_s"] >= 0.02 * len(train_loader)
+    assert result["data_wait_s"] < result["train_s"]
+
+
+def test_wait_timer_counts_only_the_time_inside_next():
+    def three_items():
+        for item in range(3):
+            time.sleep(0.01)
+            yield item
+
+    timer = WaitTimer(three_items())
+    for _ in timer:
+        time.sleep(0.1)  # the consumer's own work is not waiting
+    assert 0.03 <= timer.seconds < 0.2

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pandas as pd
 import pytest
@@ -46,6 +47,10 @@ def test_smoke_study_trains_all_16_steps(smoke_study):
     for index, name in enumerate(expected, start=1):
         assert f"[{index}/16] {name} seed 0: top-1 " in result.stdout
     assert "16 finished, 0 skipped, 0 diverged" in result.stdout
+    split = re.search(r"time split over 16 trained run\(s\): training loops ([\d.]+) s, of which waiting for data "
+                      r"([\d.]+) s \(\+[\d.]+ % on the model steps' [\d.]+ s\); evaluation, checkpoints and MLflow "
+                      r"logging ([\d.]+) s", result.stdout)
+    assert split and 0 < float(split[2]) < float(split[1]) and float(split[3]) > 0
 
 
 def test_mlflow_holds_one_parent_and_a_nested_run_per_step(smoke_study):
@@ -94,7 +99,7 @@ def test_rerunning_the_same_command_creates_no_new_step_runs(smoke_study, cli):
     _, before = _runs(workdir)
     result = cli("--upto", SMOKE_UPTO, "--preset", "smoke", "--no-progress", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    assert "0 finished, 16 skipped" in result.stdout
+    assert "0 finished, 16 skipped" in result.stdout and "time split" not in result.stdout
     _, after = _runs(workdir)
     steps_before = {r.info.run_id for r in before if r.data.tags.get("run_kind") == "step"}
     steps_after = {r.info.run_id for r in after if r.data.tags.get("run_kind") == "step"}
