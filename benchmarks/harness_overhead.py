@@ -33,8 +33,9 @@ def pure_step_seconds(model: torch.nn.Module, recipe, batches: list, num_classes
     return time.perf_counter() - start
 
 
-def harness_seconds(arch, recipe, datasets, loaders, step: str, seed: int, channels_last: bool) -> float:
-    """Seconds of one epoch through train_and_evaluate, MLflow logging included, less its evaluation."""
+def harness_epoch(arch, recipe, datasets, loaders, step: str, seed: int, channels_last: bool) -> tuple[float, float]:
+    """One epoch through train_and_evaluate: (seconds with MLflow logging but without the evaluation,
+    seconds the training loop waited for batches)."""
     from roadmap.tracking import Tracker
 
     train_loader, val_loader = loaders
@@ -46,7 +47,7 @@ def harness_seconds(arch, recipe, datasets, loaders, step: str, seed: int, chann
         with tracker.step_run(step, seed, "overhead", params={}, tags={}, config={}) as run:
             result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
                                         options=options, on_epoch=lambda r: run.log_epoch(r, r["epoch"]))
-    return result["wall_time_s"] - len(datasets.val) / result["eval_img_per_s"]
+    return result["wall_time_s"] - len(datasets.val) / result["eval_img_per_s"], result["data_wait_s"]
 
 
 @click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
@@ -80,8 +81,8 @@ def main(step: str, roadmap_name: str, preset: str, repeats: int) -> None:
         loaders = build_loaders(datasets, recipe.batch_size, workers=data.workers, seed=repeat)
         model = build_model(arch, datasets.num_classes).to(memory_format=memory_format)
         pure.append(pure_step_seconds(model, recipe, batches, datasets.num_classes))
-        first.append(harness_seconds(arch, recipe, datasets, loaders, step, repeat, scale.channels_last))
-        later.append(harness_seconds(arch, recipe, datasets, loaders, step, repeat, scale.channels_last))
+        first.append(harness_epoch(arch, recipe, datasets, loaders, step, repeat, scale.channels_last))
+        later.append(harness_epoch(arch, recipe, datasets, loaders, step, repeat, scale.channels_last))
 
     pure_s = statistics.median(pure)
     click.echo(f"{step} at preset {preset}: {datasets.description}, batch {recipe.batch_size}, fp32, "
@@ -91,8 +92,9 @@ def main(step: str, roadmap_name: str, preset: str, repeats: int) -> None:
     click.echo(f"pure model steps (forward + backward + {recipe.optimizer}, batches in memory): "
                f"{pure_s:.2f} s/epoch (spread {_spread(pure):.0f} %)")
     overheads = {}
-    for label, times in (("first step of a study (augmentations run)", first),
-                         ("later steps (augmented items kept from the first)", later)):
+    for label, epochs in (("first step of a study (augmentations run)", first),
+                          ("later steps (augmented items kept from the first)", later)):
+        times, waits = [seconds for seconds, _ in epochs], [wait for _, wait in epochs]
         # Each repeat's harness epoch against the pure epoch timed just before it: drift cancels out.
         ratios = [harness / reference for harness, reference in zip(times, pure)]
         overheads[label] = statistics.median(ratios) - 1
@@ -100,6 +102,10 @@ def main(step: str, roadmap_name: str, preset: str, repeats: int) -> None:
                    f"{_spread(times):.0f} %); overhead {100 * overheads[label]:+.1f} % of the pure model step time "
                    f"(median of the {repeats} paired ratios, range {100 * (min(ratios) - 1):+.0f} to "
                    f"{100 * (max(ratios) - 1):+.0f} %)")
+        # Within one run, so free of run-to-run noise: the loop's wait for batches against the rest of it.
+        wait_shares = [wait / max(seconds - wait, 1e-9) for seconds, wait in epochs]
+        click.echo(f"  of which waiting for batches: {statistics.median(waits):.2f} s/epoch, "
+                   f"+{100 * statistics.median(wait_shares):.1f} % on the rest of the same epoch")
     sharing = sum(other.recipe == chosen.recipe for other in roadmap.steps)
     first_overhead, later_overhead = overheads.values()
     study_overhead = (first_overhead + (sharing - 1) * later_overhead) / sharing

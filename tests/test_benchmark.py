@@ -80,6 +80,8 @@ def test_harness_overhead_prints_pure_and_harness_times_and_the_overheads(tmp_pa
     harness = [line for line in lines if line.startswith("through the harness")]
     assert "s/epoch" in pure and len(harness) == 2
     assert all(re.search(r"overhead [+-]\d+\.\d % of the pure model step time", line) for line in harness)
+    waits = [line for line in lines if line.strip().startswith("of which waiting for batches")]
+    assert len(waits) == 2 and all(re.search(r"\d+\.\d\d s/epoch, \+\d+\.\d %", line) for line in waits)
     study = next(line for line in lines if line.startswith("over the "))
     assert re.search(r"over the 16 steps of resnet50_to_convnext_t with the modern recipe .* overhead [+-]\d", study)
     assert "batch 32" in result.output and "cpu (" in result.output and "fp32" in result.output
