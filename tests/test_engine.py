@@ -306,6 +306,20 @@ def test_bf16_and_channels_last_run_on_the_cpu(tmp_path):
     assert result["status"] == "finished" and math.isfinite(result["train_loss"])
 
 
+@pytest.mark.slow  # inductor compiles C++ kernels for the CPU: about a minute
+def test_compiled_training_matches_eager_and_checkpoints_plain_weights(tmp_path):
+    results, models = {}, {}
+    for compiled in (False, True):
+        models[compiled] = tiny_model(dropout=0.0)
+        options = TrainOptions(checkpoint_dir=tmp_path / str(compiled), compile=compiled)
+        results[compiled] = train_and_evaluate(models[compiled], recipe_for(CLASSIC, epochs=1), *make_loaders(),
+                                               num_classes=CLASSES, options=options)
+    assert results[True]["status"] == "finished"
+    assert results[True]["train_loss"] == pytest.approx(results[False]["train_loss"], rel=1e-4)
+    saved = load_checkpoint(tmp_path / "True" / "last.pt")["model"]
+    assert set(saved) == set(models[False].state_dict())  # no "_orig_mod." prefix: loads into an eager model
+
+
 @pytest.mark.parametrize(("changes", "message"), [
     ({"precision": "fp16"}, "precision='fp16' is not valid; choose one of: fp32, bf16"),
     ({"device": "tpu"}, "device='tpu' is not valid; choose one of: cpu, cuda"),
