@@ -35,7 +35,9 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
 @click.option("--image-size", type=int, help="Override the training/evaluation resolution (pixels).")
 @click.option("--width-mult", type=float, help="Override the uniform width multiplier of every network.")
 @click.option("--lr", type=float, help="Override the peak learning rate (after batch scaling).")
-@click.option("--workers", type=int, help="Data-loader worker processes per training process.")
+@click.option("--workers", type=int,
+              help="Data-loader worker processes per training process (default: the preset's). With 0 the training "
+              "process augments images itself and keeps them for later steps with the same data and recipe.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; each step trains once per seed.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="Where to train; auto picks CUDA when available.")
