@@ -88,8 +88,13 @@ def main(**options) -> int:
     roadmap = load_roadmap(options["roadmap_name"], options["steps_dir"])
     steps = roadmap.upto(options["upto"]) if options["upto"] else list(roadmap.steps)
     seeds = parse_int_list(options["seeds"], "--seeds")
+    from roadmap.study import StudyOptions, run_benchmark, run_study, validate_study
+
     if options["list_steps"] or options["dry_run"]:
         from roadmap.plan import format_plan_json, format_plan_table, plan_rows
+
+        if options["dry_run"]:  # the plan of a study that would start: every option checked as a run checks it
+            validate_study(StudyOptions.from_cli(roadmap, steps, seeds, options))
 
         image_size = options["image_size"] or 224
         width = options["width_mult"] or 1.0
@@ -99,8 +104,6 @@ def main(**options) -> int:
         else:
             click.echo(format_plan_table(rows, roadmap.title, image_size, width))
         return 0
-    from roadmap.study import StudyOptions, run_benchmark, run_study
-
     study = StudyOptions.from_cli(roadmap, steps, seeds, options)
     return run_benchmark(study) if options["benchmark"] else run_study(study)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .spec import ArchSpec, DataSpec, RecipeSpec, SpecError, replace_checked
+from .spec import MIN_IMAGE_SIZE, ArchSpec, DataSpec, RecipeSpec, SpecError, replace_checked
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ def apply_preset(
     """
     epochs = _whole("epochs", epochs if epochs is not None else _or(preset.epochs, recipe.epochs), 0)
     batch = _whole("batch_size", batch_size if batch_size is not None else _or(preset.batch_size, recipe.batch_size), 1)
-    image_size = _whole("image_size", image_size if image_size is not None else preset.image_size, 1)
+    image_size = _whole("image_size", image_size if image_size is not None else preset.image_size, MIN_IMAGE_SIZE)
     width = _positive("width_multiplier", width_multiplier if width_multiplier is not None else preset.width_multiplier)
 
     recipe = replace_checked(recipe, dict(preset.recipe_overrides.get(recipe.name, {})),

@@ -179,6 +179,10 @@ class RecipeSpec:
 DATA_KINDS = ("synthetic", "imagefolder", "cifar10", "cifar100")
 
 
+# The smallest resolution every roadmap network takes: each halves it five times (stem /4, three /2).
+MIN_IMAGE_SIZE = 32
+
+
 @dataclass(frozen=True)
 class DataSpec:
     """Where the images come from and at what resolution."""

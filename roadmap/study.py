@@ -148,7 +148,7 @@ def _step_tags(study: StudyOptions, step: Step, seed: int, datasets: Datasets, w
     }
 
 
-def _validate(study: StudyOptions, world_size: int) -> None:
+def validate_study(study: StudyOptions, world_size: int = 1) -> None:
     """Every check that can fail before the first step trains: specs, batch splits, data."""
     for step in study.steps:
         _, recipe, data = study.resolve(step)
@@ -168,7 +168,7 @@ def cpu_threads(world_size: int, workers: int) -> int:
 def run_study(study: StudyOptions) -> int:
     """Train and evaluate every (step, seed), tracked in MLflow; write results/<experiment>/. Exit code."""
     world = distributed.init_distributed(study.device)
-    _validate(study, world.world_size)
+    validate_study(study, world.world_size)
     if study.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(cpu_threads(world.world_size, study.resolve(study.steps[0])[2].workers))
     tracker = None

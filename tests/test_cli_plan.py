@@ -53,6 +53,13 @@ def test_second_roadmap_plan_computes_every_step(cli):
         (["--epochs", "-1", "--upto", "resnet50"], "epochs=-1 is not valid"),
         (["--data", "imagefolder:/no/such/dir", "--upto", "resnet50"], "/no/such/dir"),
         (["--data", "mnist", "--upto", "resnet50"], "valid; choose one of: synthetic, imagefolder, cifar10, cifar100"),
+        (["--image-size", "16", "--upto", "resnet50"], "image_size=16 is not valid; a whole number >= 32"),
+        (["--image-size", "16", "--list-steps"], "image_size=16 is not valid; a whole number >= 32"),
+        # A dry run checks every option as the run itself would.
+        (["--epochs", "-1", "--dry-run"], "epochs=-1 is not valid"),
+        (["--workers", "-1", "--dry-run"], "--workers=-1 is not valid; a whole number >= 0"),
+        (["--micro-batch", "7", "--dry-run"], "--micro-batch=7 does not divide the per-process batch 64"),
+        (["--data", "imagefolder:/no/such/dir", "--dry-run"], "/no/such/dir"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, cli):

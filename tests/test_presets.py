@@ -95,7 +95,8 @@ def test_zero_epochs_is_allowed_and_has_no_warmup():
     ({"epochs": 2.5}, "epochs=2.5 is not valid; a whole number >= 0"),
     ({"batch_size": 0}, "batch_size=0 is not valid; a whole number >= 1"),
     ({"batch_size": -8}, "batch_size=-8 is not valid; a whole number >= 1"),
-    ({"image_size": 0}, "image_size=0 is not valid; a whole number >= 1"),
+    ({"image_size": 0}, "image_size=0 is not valid; a whole number >= 32"),
+    ({"image_size": 16}, "image_size=16 is not valid; a whole number >= 32"),
     ({"width_multiplier": 0.0}, "width_multiplier=0.0 is not valid; a number > 0"),
     ({"lr": -0.1}, "lr=-0.1 is not valid; a number > 0"),
 ])
