@@ -6,7 +6,7 @@ import json
 import math
 
 from .complexity import arch_complexity
-from .spec import MIN_IMAGE_SIZE, SpecError
+from .spec import MIN_IMAGE_SIZE, whole_number
 from .steps import Step
 
 # The keys of `--json`, in order.
@@ -15,10 +15,7 @@ PLAN_KEYS = ("step", "group", "adopted", "params", "gmacs", "paper_top1", "paper
 
 def plan_rows(steps: list[Step], image_size: int = 224, width_multiplier: float = 1.0) -> list[dict]:
     """One row per step: params (count), GMACs at `image_size` and the paper's top-1 and GFLOPs."""
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < MIN_IMAGE_SIZE:
-        raise SpecError(f"image_size={image_size!r} is not valid; a whole number >= {MIN_IMAGE_SIZE}")
-    if not width_multiplier > 0:
-        raise SpecError(f"width_multiplier={width_multiplier!r} is not valid; a number > 0")
+    whole_number("image_size", image_size, MIN_IMAGE_SIZE)  # ArchSpec itself checks the width multiplier
     rows = []
     for step in steps:
         arch = dataclasses.replace(step.arch, width_multiplier=width_multiplier)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .spec import MIN_IMAGE_SIZE, ArchSpec, DataSpec, RecipeSpec, SpecError, replace_checked
+from .spec import MIN_IMAGE_SIZE, ArchSpec, DataSpec, RecipeSpec, SpecError, replace_checked, whole_number
 
 
 @dataclass(frozen=True)
@@ -144,12 +144,6 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def _whole(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SpecError(f"{name}={value!r} is not valid; a whole number >= {minimum}")
-    return value
-
-
 def _positive(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise SpecError(f"{name}={value!r} is not valid; a number > 0")
@@ -174,9 +168,9 @@ def apply_preset(
     Warm-up stays the same fraction of training as in the recipe (modern: 20 of 300 epochs); step
     milestones are fractions of the epochs already, so they move with the epoch count by themselves.
     """
-    epochs = _whole("epochs", epochs if epochs is not None else _or(preset.epochs, recipe.epochs), 0)
-    batch = _whole("batch_size", batch_size if batch_size is not None else _or(preset.batch_size, recipe.batch_size), 1)
-    image_size = _whole("image_size", image_size if image_size is not None else preset.image_size, MIN_IMAGE_SIZE)
+    epochs = whole_number("epochs", _or(epochs, _or(preset.epochs, recipe.epochs)), 0)
+    batch = whole_number("batch_size", _or(batch_size, _or(preset.batch_size, recipe.batch_size)), 1)
+    image_size = whole_number("image_size", _or(image_size, preset.image_size), MIN_IMAGE_SIZE)
     width = _positive("width_multiplier", width_multiplier if width_multiplier is not None else preset.width_multiplier)
 
     recipe = replace_checked(recipe, dict(preset.recipe_overrides.get(recipe.name, {})),

@@ -12,6 +12,13 @@ class SpecError(ValueError):
     """An invalid flag value or combination; the message names the flag and the valid values."""
 
 
+def whole_number(name: str, value: object, minimum: int) -> int:
+    """`value` if it is an int >= `minimum` (not a bool); else a one-line SpecError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise SpecError(f"{name}={value!r} is not valid; a whole number >= {minimum}")
+    return value
+
+
 def _choice(flag: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise SpecError(f"{flag}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
