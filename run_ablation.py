@@ -96,8 +96,9 @@ def main(**options) -> int:
         if options["dry_run"]:  # the plan of a study that would start: every option checked as a run checks it
             validate_study(StudyOptions.from_cli(roadmap, steps, seeds, options))
 
-        image_size = options["image_size"] or 224
-        width = options["width_mult"] or 1.0
+        # The paper's scale unless asked; `or` would turn an invalid 0 into the default instead of refusing it.
+        image_size = 224 if options["image_size"] is None else options["image_size"]
+        width = 1.0 if options["width_mult"] is None else options["width_mult"]
         rows = plan_rows(list(roadmap.steps) if options["list_steps"] else steps, image_size, width)
         if options["as_json"]:
             click.echo(format_plan_json(rows))

@@ -55,6 +55,8 @@ def test_second_roadmap_plan_computes_every_step(cli):
         (["--data", "mnist", "--upto", "resnet50"], "valid; choose one of: synthetic, imagefolder, cifar10, cifar100"),
         (["--image-size", "16", "--upto", "resnet50"], "image_size=16 is not valid; a whole number >= 32"),
         (["--image-size", "16", "--list-steps"], "image_size=16 is not valid; a whole number >= 32"),
+        (["--image-size", "0", "--list-steps"], "image_size=0 is not valid; a whole number >= 32"),
+        (["--width-mult", "0", "--list-steps"], "width_multiplier=0.0 is not valid; a number > 0"),
         # A dry run checks every option as the run itself would.
         (["--epochs", "-1", "--dry-run"], "epochs=-1 is not valid"),
         (["--workers", "-1", "--dry-run"], "--workers=-1 is not valid; a whole number >= 0"),
