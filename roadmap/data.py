@@ -260,14 +260,30 @@ def _seed_generators(sample_seed: int) -> None:
     torch.default_generator.manual_seed(sample_seed)  # torch.manual_seed would also queue CUDA seeding: slow
 
 
+def derived_seed(*keys: int) -> int:
+    """A 64-bit seed that is a pure function of the whole numbers `keys` (mixed by NumPy's SeedSequence)."""
+    state = np.random.SeedSequence([key % 2**63 for key in keys]).generate_state(2, np.uint32)
+    return int(state[0]) << 32 | int(state[1])
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _torch_generator(device: torch.device) -> torch.Generator:
+    """torch's global generator of `device` (the CPU's, or that GPU's)."""
+    return torch.cuda.default_generators[_cuda_index(device)] if device.type == "cuda" else torch.default_generator
+
+
 @contextlib.contextmanager
-def _saved_generators() -> Iterator[None]:
-    """The global generators (Python, NumPy, torch CPU) as they were before the block."""
+def _saved_generators(device: torch.device | None = None) -> Iterator[None]:
+    """The global generators (Python, NumPy, torch's CPU one and a GPU `device`'s) as they were before the block."""
     if get_worker_info() is not None:  # a worker process: nothing else draws from its generators
         yield
         return
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
+    on_gpu = device is not None and device.type == "cuda"
+    with torch.random.fork_rng(devices=[_cuda_index(device)] if on_gpu else []):
         try:
             yield
         finally:
@@ -367,8 +383,7 @@ class SeededDistributedSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for index in super().__iter__():
-            state = np.random.SeedSequence([self.seed % 2**63, self.epoch, index]).generate_state(2, np.uint32)
-            yield index, int(state[0]) << 32 | int(state[1])
+            yield index, derived_seed(self.seed, self.epoch, index)
 
 
 class ShardSampler(Sampler):
@@ -408,32 +423,15 @@ class DeviceBatches(PrefetchLoader):
         return self.loader.generator
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        sampler = self.loader.sampler
-        epoch_key = [getattr(sampler, name, 0) % 2**63 for name in ("seed", "epoch", "rank")]
+        epoch_key = [getattr(self.loader.sampler, name, 0) for name in ("seed", "epoch", "rank")]
         for batch_index, (images, labels) in enumerate(super().__iter__()):
             if self.erasing is not None:
-                state = np.random.SeedSequence([*epoch_key, batch_index]).generate_state(2, np.uint32)
-                with _device_generators(int(state[0]) << 32 | int(state[1]), images.device):
+                seed = derived_seed(*epoch_key, batch_index)
+                with _saved_generators(images.device):  # timm's erasing draws from Python's and torch's
+                    random.seed(seed)
+                    _torch_generator(images.device).manual_seed(seed)
                     images = self.erasing(images)
             yield images, labels
-
-
-@contextlib.contextmanager
-def _device_generators(seed: int, device: torch.device) -> Iterator[None]:
-    """Python's and `device`'s torch generator seeded with `seed` inside the block, restored after it."""
-    python_state = random.getstate()
-    if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        devices, generator = [index], torch.cuda.default_generators[index]
-    else:
-        devices, generator = [], torch.default_generator
-    with torch.random.fork_rng(devices=devices):
-        random.seed(seed)
-        generator.manual_seed(seed)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
 
 
 def build_loaders(datasets: Datasets, batch_size: int, *, workers: int, seed: int, rank: int = 0,
