@@ -10,11 +10,12 @@ import click
 import torch
 
 from roadmap import DataSpec, build_model, load_roadmap
-from roadmap.cli import OneLineErrors
+from roadmap.cli.common import OneLineErrors
 from roadmap.data import build_datasets, build_loaders
-from roadmap.engine import TrainOptions, build_loss, build_optimizer, train_and_evaluate
-from roadmap.presets import apply_preset, get_preset
-from roadmap.study import cpu_threads
+from roadmap.study.presets import apply_preset, get_preset
+from roadmap.study.unit import cpu_threads
+from roadmap.training.engine import TrainOptions, train_and_evaluate
+from roadmap.training.optim import build_loss, build_optimizer
 
 
 def pure_step_seconds(model: torch.nn.Module, recipe, batches: list, num_classes: int) -> float:
@@ -46,8 +47,8 @@ def harness_epoch(arch, recipe, datasets, loaders, step: str, seed: int, channel
                                channels_last=channels_last)
         with tracker.step_run(step, seed, "overhead", params={}, tags={}, config={}) as run:
             result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
-                                        options=options, on_epoch=lambda r: run.log_epoch(r, r["epoch"]))
-    return result["wall_time_s"] - len(datasets.val) / result["eval_img_per_s"], result["data_wait_s"]
+                                        options=options, on_epoch=lambda r: run.log_epoch(r.metrics(), r.epoch))
+    return result.wall_time_s - len(datasets.val) / result.eval_img_per_s, result.data_wait_s
 
 
 @click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})

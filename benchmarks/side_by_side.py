@@ -13,8 +13,8 @@ import torchvision
 from torch import nn
 
 from roadmap import build_model, load_roadmap
-from roadmap.benchmark import BenchmarkConfig, Workload, spread_pct
 from roadmap.interop import export_state_dict
+from roadmap.training.throughput import BenchmarkConfig, Workload, spread_pct
 
 ROADMAP = "resnet50_to_convnext_t"
 

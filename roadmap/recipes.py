@@ -1,7 +1,7 @@
 """The two training recipes of the study, as data (see shared paper notes, 'Recipes')."""
 from __future__ import annotations
 
-from .spec import RecipeSpec, SpecError
+from .spec import RecipeSpec, choice
 
 # torchvision's ResNet-50 reference recipe (step `resnet50`).
 CLASSIC = RecipeSpec(
@@ -10,11 +10,13 @@ CLASSIC = RecipeSpec(
     base_lr=0.1,  # per 256 images
     reference_batch=256,
     batch_size=256,
+    bn_batch=32,  # 8 GPUs x 32 images: each BatchNorm saw 32
     momentum=0.9,
     weight_decay=1e-4,
     epochs=90,
     schedule="step",
-    lr_milestones=(30 / 90, 60 / 90, 80 / 90),  # epochs 30, 60, 80 of 90
+    # torchvision's StepLR(step_size=30, gamma=0.1), stepped once per epoch: x0.1 at epochs 30 and 60 of 90.
+    lr_milestones=(30 / 90, 60 / 90),
     lr_decay=0.1,
     interpolation="bilinear",
     eval_crop_pct=224 / 256,
@@ -28,6 +30,7 @@ MODERN = RecipeSpec(
     base_lr=4e-3,  # per 4096 images
     reference_batch=4096,
     batch_size=4096,
+    bn_batch=128,  # 4 nodes x 8 GPUs x 128 images, no SyncBN: each BatchNorm saw 128
     betas=(0.9, 0.999),
     weight_decay=0.05,
     no_decay_norm_and_bias=True,
@@ -50,6 +53,4 @@ RECIPES = {recipe.name: recipe for recipe in (CLASSIC, MODERN)}
 
 
 def get_recipe(name: str) -> RecipeSpec:
-    if name not in RECIPES:
-        raise SpecError(f"recipe={name!r} is not valid; choose one of: {', '.join(RECIPES)}")
-    return RECIPES[name]
+    return RECIPES[choice("recipe", name, tuple(RECIPES))]

@@ -7,9 +7,14 @@ import json
 from dataclasses import dataclass, fields
 from typing import Any
 
+from .errors import SpecError
 
-class SpecError(ValueError):
-    """An invalid flag value or combination; the message names the flag and the valid values."""
+__all__ = ["SpecError", "ArchSpec", "RecipeSpec", "DataSpec", "whole_number", "positive_number", "choice",
+           "spec_hash", "to_dict", "replace_checked"]
+
+# Where a run trains, and at which precision ("bf16": forward passes under torch.autocast in bfloat16).
+DEVICES = ("cpu", "cuda")
+PRECISIONS = ("fp32", "bf16")
 
 
 def whole_number(name: str, value: object, minimum: int) -> int:
@@ -19,9 +24,28 @@ def whole_number(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _choice(flag: str, value: Any, choices: tuple) -> None:
+def whole_numbers(name: str, values: tuple, minimum: int) -> tuple:
+    """`values` if every one is a whole number >= `minimum`; else a one-line SpecError naming `name`."""
+    try:
+        for value in values:
+            whole_number(name, value, minimum)
+    except SpecError:
+        raise SpecError(f"{name}={values} is not valid; every value must be a whole number >= {minimum}") from None
+    return values
+
+
+def positive_number(name: str, value: object) -> float:
+    """`value` as a float if it is a number > 0 (not a bool); else a one-line SpecError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise SpecError(f"{name}={value!r} is not valid; a number > 0")
+    return float(value)
+
+
+def choice(name: str, value: Any, choices: tuple) -> Any:
+    """`value` if it is one of `choices`; else a one-line SpecError naming `name` and the choices."""
     if value not in choices:
-        raise SpecError(f"{flag}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+        raise SpecError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+    return value
 
 
 STEMS = ("resnet", "patchify")
@@ -78,37 +102,30 @@ class ArchSpec:
     width_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
-        _choice("stem", self.stem, STEMS)
-        _choice("block", self.block, BLOCKS)
-        _choice("activation", self.activation, ACTIVATIONS)
-        _choice("activation_placement", self.activation_placement, PLACEMENTS)
-        _choice("norm", self.norm, NORMS)
-        _choice("norm_placement", self.norm_placement, PLACEMENTS)
-        _choice("downsampling", self.downsampling, DOWNSAMPLINGS)
+        choice("stem", self.stem, STEMS)
+        choice("block", self.block, BLOCKS)
+        choice("activation", self.activation, ACTIVATIONS)
+        choice("activation_placement", self.activation_placement, PLACEMENTS)
+        choice("norm", self.norm, NORMS)
+        choice("norm_placement", self.norm_placement, PLACEMENTS)
+        choice("downsampling", self.downsampling, DOWNSAMPLINGS)
         object.__setattr__(self, "depths", tuple(self.depths))
         object.__setattr__(self, "widths", tuple(self.widths))
         if not self.depths or len(self.depths) != len(self.widths):
             raise SpecError(f"depths {self.depths} and widths {self.widths} must name the same stages")
-        if any(not isinstance(d, int) or d < 1 for d in self.depths):
-            raise SpecError(f"depths={self.depths} is not valid; every stage needs a whole number >= 1")
-        if any(not isinstance(w, int) or w < 1 for w in self.widths):
-            raise SpecError(f"widths={self.widths} is not valid; every width must be a whole number >= 1")
-        if not isinstance(self.stem_width, int) or self.stem_width < 1:
-            raise SpecError(f"stem_width={self.stem_width!r} is not valid; a whole number >= 1")
-        if not isinstance(self.kernel_size, int) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        whole_numbers("depths", self.depths, 1)
+        whole_numbers("widths", self.widths, 1)
+        whole_number("stem_width", self.stem_width, 1)
+        if whole_number("kernel_size", self.kernel_size, 1) % 2 == 0:
             raise SpecError(f"kernel_size={self.kernel_size!r} is not valid; an odd whole number >= 1")
-        if not isinstance(self.stem_patch_size, int) or self.stem_patch_size < 1:
-            raise SpecError(f"stem_patch_size={self.stem_patch_size!r} is not valid; a whole number >= 1")
-        if not isinstance(self.group_width, int) or self.group_width < 0:
-            raise SpecError(f"group_width={self.group_width!r} is not valid; 0 (dense), 1 (depthwise) or g > 1")
-        if not self.expansion > 0:
-            raise SpecError(f"expansion={self.expansion!r} is not valid; a number > 0")
+        whole_number("stem_patch_size", self.stem_patch_size, 1)
+        whole_number("group_width (0 dense, 1 depthwise, g > 1 grouped)", self.group_width, 0)
+        positive_number("expansion", self.expansion)
         if not 0 <= self.drop_path_rate < 1:
             raise SpecError(f"drop_path_rate={self.drop_path_rate!r} is not valid; a number in [0, 1)")
         if not self.layer_scale_init >= 0:
             raise SpecError(f"layer_scale_init={self.layer_scale_init!r} is not valid; 0 (off) or > 0")
-        if not self.width_multiplier > 0:
-            raise SpecError(f"width_multiplier={self.width_multiplier!r} is not valid; a number > 0")
+        positive_number("width_multiplier", self.width_multiplier)
         for width in self.hidden_widths():
             if self.group_width > 1 and width % self.group_width:
                 raise SpecError(f"group_width={self.group_width} does not divide the hidden width {width}")
@@ -139,6 +156,10 @@ class RecipeSpec:
     reference_batch: int = 256
     # Effective batch (images per optimizer step, all processes and accumulation together).
     batch_size: int = 256
+    # Images per forward pass of one process, hence per BatchNorm statistic in training: each original
+    # GPU's batch (torchvision's ResNet-50: 8 GPUs x 32; ConvNeXt's roadmap runs: 32 GPUs x 128, no SyncBN).
+    # The rest of the effective batch comes from processes and gradient accumulation.
+    bn_batch: int = 32
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
@@ -148,7 +169,7 @@ class RecipeSpec:
     warmup_epochs: float = 0.0
     schedule: str = "step"
     # Step schedule: epochs (as fractions of `epochs`) at which the lr is multiplied by `lr_decay`.
-    lr_milestones: tuple[float, ...] = (30 / 90, 60 / 90, 80 / 90)
+    lr_milestones: tuple[float, ...] = (30 / 90, 60 / 90)
     lr_decay: float = 0.1
     # Cosine schedule floor.
     min_lr: float = 0.0
@@ -167,16 +188,14 @@ class RecipeSpec:
     clip_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("schedule", self.schedule, SCHEDULES)
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("schedule", self.schedule, SCHEDULES)
         object.__setattr__(self, "betas", tuple(self.betas))
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
-        if not isinstance(self.epochs, int) or self.epochs < 0:
-            raise SpecError(f"epochs={self.epochs!r} is not valid; a whole number >= 0")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise SpecError(f"batch_size={self.batch_size!r} is not valid; a whole number >= 1")
-        if not self.base_lr > 0:
-            raise SpecError(f"base_lr={self.base_lr!r} is not valid; a number > 0")
+        whole_number("epochs", self.epochs, 0)
+        whole_number("batch_size", self.batch_size, 1)
+        whole_number("bn_batch", self.bn_batch, 1)
+        positive_number("base_lr", self.base_lr)
 
     def lr(self) -> float:
         """The peak learning rate at this recipe's effective batch (linear scaling rule)."""
@@ -209,19 +228,16 @@ class DataSpec:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        _choice("data kind", self.kind, DATA_KINDS)
+        choice("data kind", self.kind, DATA_KINDS)
         if self.kind == "synthetic" and self.path:
             raise SpecError(f"data={self.source!r} is not valid; synthetic data takes no path")
         if self.kind != "synthetic" and not self.path:
             raise SpecError(f"data={self.source!r} is not valid; write {self.kind}:PATH")
         for name in ("image_size", "num_classes", "train_size", "val_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise SpecError(f"{name}={value!r} is not valid; a whole number >= 1")
+            whole_number(name, getattr(self, name), 1)
         if self.kind == "synthetic" and self.num_classes < 2:
             raise SpecError(f"num_classes={self.num_classes} is not valid; synthetic data needs >= 2 classes")
-        if not isinstance(self.workers, int) or self.workers < 0:
-            raise SpecError(f"workers={self.workers!r} is not valid; a whole number >= 0")
+        whole_number("workers", self.workers, 0)
 
     @property
     def kind(self) -> str:

@@ -9,13 +9,21 @@ from typing import Any
 from .recipes import get_recipe
 from .spec import ArchSpec, RecipeSpec, SpecError, replace_checked
 
-DEFAULT_STEPS_DIR = Path(__file__).resolve().parent.parent / "steps"
+
+def builtin_steps_dir() -> Path:
+    """The roadmaps this project ships: `steps/` of a source checkout, or the copy an installed wheel carries."""
+    package = Path(__file__).resolve().parent
+    installed = package / "roadmaps"  # pyproject.toml maps the repository's steps/ here in a wheel
+    return installed if installed.is_dir() else package.parent / "steps"
+
+
+DEFAULT_STEPS_DIR = builtin_steps_dir()
 ROADMAP_FILE = "roadmap.toml"
 
 STEP_KEYS = {"name", "group", "adopted", "parent", "description", "recipe", "recipe_overrides", "arch", "paper"}
 REQUIRED_STEP_KEYS = ("name", "group", "adopted")
 PAPER_KEYS = {"top1", "top1_std", "gflops", "fig2_top1", "fig2_gflops", "note"}
-ROADMAP_KEYS = {"title", "description", "dataset", "reference"}
+ROADMAP_KEYS = {"title", "description", "dataset", "paper_table", "reference"}
 REFERENCE_KEYS = {"name", "top1", "gflops", "params_m"}
 
 
@@ -48,6 +56,8 @@ class Roadmap:
     title: str
     description: str
     dataset: str
+    # Where the step files' paper numbers come from, e.g. "Table 10"; "" when they cite none.
+    paper_table: str
     # The reference model drawn as a line in the chart: name, top1 (%), gflops (GMACs).
     reference: dict[str, Any]
     steps: tuple[Step, ...]
@@ -61,6 +71,11 @@ class Roadmap:
             if step.name == name:
                 return step
         raise RoadmapError(f"unknown step {name!r} in roadmap {self.name!r}; valid steps: {', '.join(self.names())}")
+
+    @property
+    def paper_source(self) -> str:
+        """"paper (Table 10)": where the paper numbers of this roadmap come from."""
+        return f"paper ({self.paper_table})" if self.paper_table else "paper"
 
     def upto(self, name: str) -> list[Step]:
         """Every step in roadmap order up to and including `name`, explored branches included."""
@@ -93,6 +108,7 @@ def load_roadmap(name: str, steps_dir: Path | str | None = None) -> Roadmap:
         title=meta.get("title", name),
         description=meta.get("description", ""),
         dataset=meta.get("dataset", ""),
+        paper_table=meta.get("paper_table", ""),
         reference=dict(meta.get("reference", {})),
         steps=tuple(steps),
         path=folder,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import PUBLISHED_PARAMS
 
 from roadmap import load_roadmap
 
@@ -14,8 +15,12 @@ def test_dry_run_json_lists_every_step_up_to_the_target(cli):
     rows = json.loads(result.stdout)
     roadmap = load_roadmap("resnet50_to_convnext_t")
     assert [row["step"] for row in rows] == roadmap.names()[: roadmap.names().index("kernel_9") + 1]
-    assert set(rows[0]) == {"step", "group", "adopted", "params", "gmacs", "paper_top1", "paper_gflops"}
-    assert rows[0]["params"] == 25_557_032 and rows[0]["gmacs"] == pytest.approx(4.09, abs=0.01)
+    assert set(rows[0]) == {"step", "group", "adopted", "params", "gmacs", "paper_top1", "paper_gflops", "recipe",
+                            "epochs", "image_size", "batch_size", "micro_batch", "accumulation_steps", "processes",
+                            "bn_batch", "peak_lr"}
+    assert (rows[0]["recipe"], rows[0]["batch_size"], rows[0]["bn_batch"], rows[0]["processes"]) == ("classic", 64,
+                                                                                                       64, 1)
+    assert rows[0]["params"] == PUBLISHED_PARAMS["resnet50"] and rows[0]["gmacs"] == pytest.approx(4.09, abs=0.01)
     assert [row["adopted"] for row in rows if row["step"].startswith("kernel_")] == [False, True, False]
     for row, step in zip(rows, roadmap.steps):
         assert (row["group"], row["paper_top1"], row["paper_gflops"]) == (
@@ -38,7 +43,7 @@ def test_second_roadmap_plan_computes_every_step(cli):
     rows = json.loads(result.stdout)
     assert rows[0]["step"] == "resnet200" and rows[-1]["step"] == "separate_downsampling"
     assert all(row["gmacs"] > 1 for row in rows)
-    assert rows[-1]["params"] == 88_591_464  # ConvNeXt-B
+    assert rows[-1]["params"] == PUBLISHED_PARAMS["convnext_base"]
     assert cli("--list-roadmaps").stdout.count("steps") == 2
 
 
@@ -60,7 +65,8 @@ def test_second_roadmap_plan_computes_every_step(cli):
         # A dry run checks every option as the run itself would.
         (["--epochs", "-1", "--dry-run"], "epochs=-1 is not valid"),
         (["--workers", "-1", "--dry-run"], "--workers=-1 is not valid; a whole number >= 0"),
-        (["--micro-batch", "7", "--dry-run"], "--micro-batch=7 does not divide the per-process batch 64"),
+        (["--micro-batch", "7", "--dry-run"], "the micro-batch 7 (images per forward pass and per BatchNorm statistic; "
+                                              "--micro-batch) does not divide a process's share of the batch, 64"),
         (["--data", "imagefolder:/no/such/dir", "--dry-run"], "/no/such/dir"),
     ],
 )

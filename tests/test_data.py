@@ -13,12 +13,12 @@ import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from roadmap import synthetic
 from roadmap.data import (
     DataError,
     build_datasets,
     build_loaders,
     build_transforms,
+    synthetic,
     validate_data,
 )
 from roadmap.recipes import CLASSIC, MODERN

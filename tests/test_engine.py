@@ -13,60 +13,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import CLASSES, make_loaders, recipe_for, tiny_model
+from safetensors.torch import load_file
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from roadmap.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
-from roadmap.engine import (
-    EPOCH_KEYS,
-    TrainOptions,
-    WaitTimer,
-    build_optimizer,
-    build_schedule,
-    evaluate,
-    seed_everything,
-    train_and_evaluate,
-)
+from roadmap.predictions import read_predictions
 from roadmap.recipes import CLASSIC, MODERN
 from roadmap.spec import SpecError
-
-RESULT_KEYS = {
-    "status", "reason", "epochs_completed", "resumed_from_epoch", "top1", "top5", "train_loss",
-    "train_img_per_s", "eval_img_per_s", "peak_memory_mb", "wall_time_s", "train_s", "data_wait_s", "history",
-}
-CLASSES = 4
-
-
-def make_loaders(batch: int = 16, train_size: int = 64, val_size: int = 32, seed: int = 0):
-    """A separable task: each class is a fixed random 3x8x8 pattern plus noise."""
-    generator = torch.Generator().manual_seed(1234)
-    patterns = torch.randn(CLASSES, 3, 8, 8, generator=generator)
-
-    def split(size: int) -> TensorDataset:
-        labels = torch.arange(size) % CLASSES
-        return TensorDataset(patterns[labels] + 0.7 * torch.randn(size, 3, 8, 8, generator=generator), labels)
-
-    train_set, val_set = split(train_size), split(val_size)
-    sampler = DistributedSampler(train_set, num_replicas=1, rank=0, shuffle=True, seed=seed, drop_last=True)
-    return DataLoader(train_set, batch_size=batch, sampler=sampler, drop_last=True), DataLoader(val_set, batch_size=16)
-
-
-def tiny_model(batchnorm: bool = True, dropout: float = 0.1) -> nn.Module:
-    seed_everything(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.BatchNorm2d(8) if batchnorm else nn.Identity(),
-        nn.ReLU(),
-        nn.Dropout(dropout),  # consumes torch's RNG, as stochastic depth does
-        nn.Flatten(),
-        nn.Linear(8 * 8 * 8, CLASSES),
-    )
-
-
-def recipe_for(base, *, epochs: int = 3, batch: int = 16, lr: float = 0.02, **changes):
-    # A fixed peak lr: reference_batch = batch switches linear scaling off.
-    return dataclasses.replace(base, epochs=epochs, batch_size=batch, reference_batch=batch, base_lr=lr, **changes)
-
+from roadmap.training.checkpoint import load_checkpoint, load_json, save_checkpoint, save_json
+from roadmap.training.engine import TrainOptions, WaitTimer, evaluate, train_and_evaluate
+from roadmap.training.result import EPOCH_FIELDS, EpochRecord, TrainResult
 
 CLASSIC_TINY = recipe_for(CLASSIC, lr=0.05)
 MODERN_TINY = recipe_for(MODERN, lr=0.01, warmup_epochs=1.0)
@@ -80,66 +37,34 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 def test_learns_a_separable_task(recipe, tmp_path):
     train_loader, val_loader = make_loaders()
     records = []
-    result = train_and_evaluate(tiny_model(), recipe, train_loader, val_loader, num_classes=CLASSES,
+    model = tiny_model()
+    result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=CLASSES,
                                 options=TrainOptions(checkpoint_dir=tmp_path), on_epoch=records.append)
-    assert set(result) == RESULT_KEYS
-    assert result["status"] == "finished" and result["reason"] == ""
-    assert result["epochs_completed"] == 3 and result["resumed_from_epoch"] == 0
-    assert [r["epoch"] for r in records] == [1, 2, 3]
-    assert all(tuple(r) == EPOCH_KEYS for r in records)
-    assert result["history"] == records
-    assert records[-1]["train_loss"] < records[0]["train_loss"]
-    assert result["top1"] >= 90.0  # chance is 25 %
-    assert result["top5"] == 100.0  # top-4 of 4 classes
-    assert result["top1"] == records[-1]["val_top1"] and result["train_loss"] == records[-1]["train_loss"]
-    assert result["train_img_per_s"] > 0 and result["eval_img_per_s"] > 0 and result["peak_memory_mb"] > 0
-    assert all(0 <= r["data_wait_s"] < r["train_s"] for r in records)
-    assert result["train_s"] == pytest.approx(sum(r["train_s"] for r in records))
-    assert result["train_s"] < result["wall_time_s"]
-    assert json.loads((tmp_path / "final.json").read_text())["top1"] == result["top1"]
+    assert isinstance(result, TrainResult) and all(isinstance(r, EpochRecord) for r in records)
+    assert result.status == "finished" and result.reason == ""
+    assert result.epochs_completed == 3 and result.resumed_from_epoch == 0
+    assert [r.epoch for r in records] == [1, 2, 3]
+    assert tuple(records[0].metrics()) == EPOCH_FIELDS
+    assert list(result.history) == records
+    assert records[-1].train_loss < records[0].train_loss
+    assert result.top1 >= 90.0  # chance is 25 %
+    assert result.top5 == 100.0  # top-4 of 4 classes
+    assert result.top1 == records[-1].val_top1 and result.train_loss == records[-1].train_loss
+    assert result.train_img_per_s > 0 and result.eval_img_per_s > 0 and result.peak_memory_mb > 0
+    assert all(0 <= r.data_wait_s < r.train_s for r in records)
+    assert result.train_s == pytest.approx(sum(r.train_s for r in records))
+    assert result.train_s < result.wall_time_s
+    assert TrainResult.from_json(json.loads((tmp_path / "final.json").read_text())) == result
+    assert result.top1_best == max(r.val_top1 for r in records)
+    assert records[result.top1_best_epoch - 1].val_top1 == result.top1_best
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
-
-
-def test_modern_schedule_warms_up_then_cosine_to_min_lr():
-    optimizer = build_optimizer(tiny_model(), MODERN)  # 300 epochs, 20 warm-up, peak 4e-3 at 4096
-    steps_per_epoch = 2
-    scheduler = build_schedule(optimizer, MODERN, steps_per_epoch)
-
-    def lr_at(update: int) -> float:
-        scheduler.step_update(num_updates=update)
-        return optimizer.param_groups[0]["lr"]
-
-    assert lr_at(0) == 0.0
-    assert lr_at(20) == pytest.approx(MODERN.lr() / 2)
-    assert lr_at(40) == pytest.approx(4e-3)  # end of 20 warm-up epochs: the peak
-    assert lr_at(40 + 280) == pytest.approx((4e-3 + 1e-6) / 2)  # half-way through the cosine
-    last = 1e-6 + 0.5 * (4e-3 - 1e-6) * (1 + math.cos(math.pi * 559 / 560))  # one update before the end
-    assert lr_at(599) == pytest.approx(last) and last < 1.04e-6
-
-
-def test_classic_schedule_drops_tenfold_at_epochs_30_60_80():
-    optimizer = build_optimizer(tiny_model(), CLASSIC)
-    scheduler = build_schedule(optimizer, CLASSIC, steps_per_epoch=2)
-    lrs = {}
-    for update in (0, 59, 60, 119, 120, 159, 160, 179):
-        scheduler.step_update(num_updates=update)
-        lrs[update] = optimizer.param_groups[0]["lr"]
-    assert lrs[0] == lrs[59] == pytest.approx(0.1)
-    assert lrs[60] == lrs[119] == pytest.approx(0.01)
-    assert lrs[120] == lrs[159] == pytest.approx(0.001)
-    assert lrs[160] == lrs[179] == pytest.approx(0.0001)
-
-
-def test_optimizers_follow_the_recipes():
-    sgd = build_optimizer(tiny_model(), CLASSIC)
-    assert isinstance(sgd, torch.optim.SGD) and not sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
-    assert {group["weight_decay"] for group in sgd.param_groups} == {1e-4}  # decay on everything
-    adamw = build_optimizer(tiny_model(), MODERN)
-    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.999)
-    assert sgd.defaults["fused"] and adamw.defaults["fused"]  # one kernel per step, not a few per parameter
-    decay = {group["weight_decay"]: [p.ndim for p in group["params"]] for group in adamw.param_groups}
-    assert set(decay) == {0.0, 0.05}
-    assert all(ndim == 1 for ndim in decay[0.0]) and all(ndim > 1 for ndim in decay[0.05])
+    # What a caller publishes: the final weights, and the last and the best epoch's predictions.
+    weights_file = load_file(tmp_path / "weights.safetensors")
+    assert weights_file.keys() == model.state_dict().keys()
+    assert all(torch.equal(weights_file[k], v) for k, v in model.state_dict().items())
+    last, best = read_predictions(tmp_path / "predictions.csv"), read_predictions(tmp_path / "predictions_best.csv")
+    assert list(last.index) == list(range(32)) and last.k == CLASSES
+    assert last.top1() == pytest.approx(result.top1) and best.top1() == pytest.approx(result.top1_best)
 
 
 def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
@@ -149,8 +74,8 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     whole = train_and_evaluate(whole_model, recipe, train_loader, val_loader, num_classes=CLASSES,
                                options=TrainOptions(checkpoint_dir=tmp_path / "whole"))
 
-    def crash_after_first_epoch(record: dict) -> None:
-        raise RuntimeError(f"killed after epoch {record['epoch']}")
+    def crash_after_first_epoch(record: EpochRecord) -> None:
+        raise RuntimeError(f"killed after epoch {record.epoch}")
 
     options = TrainOptions(checkpoint_dir=tmp_path / "crashed")
     train_loader, val_loader = make_loaders()
@@ -164,14 +89,13 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path):
     resumed_model = tiny_model()
     resumed = train_and_evaluate(resumed_model, recipe, train_loader, val_loader, num_classes=CLASSES,
                                  options=options, on_epoch=seen.append)
-    assert resumed["resumed_from_epoch"] == 1 and [r["epoch"] for r in seen] == [2, 3]
-    assert resumed["epochs_completed"] == 3
+    assert resumed.resumed_from_epoch == 1 and [r.epoch for r in seen] == [2, 3]
+    assert resumed.epochs_completed == 3
     for key in ("top1", "top5", "train_loss"):
-        assert resumed[key] == whole[key], key
-    strip = ("train_img_per_s", "train_s", "data_wait_s")  # timings differ from run to run
-    assert [{k: v for k, v in r.items() if k not in strip} for r in resumed["history"]] == [
-        {k: v for k, v in r.items() if k not in strip} for r in whole["history"]
-    ]
+        assert getattr(resumed, key) == getattr(whole, key), key
+    timings = {"train_img_per_s": 0.0, "train_s": 0.0, "data_wait_s": 0.0}  # they differ from run to run
+    assert [dataclasses.replace(r, **timings) for r in resumed.history] == [
+        dataclasses.replace(r, **timings) for r in whole.history]
     for name, tensor in weights(whole_model).items():
         assert torch.equal(tensor, resumed_model.state_dict()[name]), name
 
@@ -184,22 +108,22 @@ def test_resume_is_exact_with_the_real_data_pipeline(tmp_path):
     recipe = recipe_for(MODERN, epochs=2, batch=8)
     datasets = build_datasets(DataSpec(image_size=8, num_classes=CLASSES, train_size=32, val_size=16), recipe)
 
-    def run(folder: str, on_epoch=None) -> tuple[dict, nn.Module]:
+    def run(folder: str, on_epoch=None) -> tuple[TrainResult, nn.Module]:
         model = tiny_model()
         loaders = build_loaders(datasets, 8, workers=1, seed=0)
         result = train_and_evaluate(model, recipe, *loaders, num_classes=CLASSES,
                                     options=TrainOptions(checkpoint_dir=tmp_path / folder), on_epoch=on_epoch)
         return result, model
 
-    def crash(record: dict) -> None:
+    def crash(record: EpochRecord) -> None:
         raise RuntimeError("killed")
 
     whole, whole_model = run("whole")
     with pytest.raises(RuntimeError):
         run("crashed", crash)
     resumed, resumed_model = run("crashed")
-    assert resumed["resumed_from_epoch"] == 1
-    assert (resumed["train_loss"], resumed["top1"]) == (whole["train_loss"], whole["top1"])
+    assert resumed.resumed_from_epoch == 1
+    assert (resumed.train_loss, resumed.top1) == (whole.train_loss, whole.top1)
     for name, tensor in whole_model.state_dict().items():
         assert torch.equal(tensor, resumed_model.state_dict()[name]), name
 
@@ -238,10 +162,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     seen = []
     result = train_and_evaluate(DivergesAfter(6), CLASSIC_TINY, train_loader, val_loader, num_classes=CLASSES,
                                 options=TrainOptions(checkpoint_dir=tmp_path), on_epoch=seen.append)
-    assert result["status"] == "diverged"
-    assert result["reason"] == "non-finite loss nan at epoch 2, iteration 3 of 4"
-    assert result["epochs_completed"] == 1 and [r["epoch"] for r in seen] == [1]
-    assert math.isnan(result["top1"]) and math.isnan(result["train_loss"])
+    assert result.status == "diverged"
+    assert result.reason == "non-finite loss nan at epoch 2, iteration 3 of 4"
+    assert result.epochs_completed == 1 and [r.epoch for r in seen] == [1]
+    assert math.isnan(result.top1) and math.isnan(result.train_loss)
     assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
     assert json.loads((tmp_path / "final.json").read_text())["status"] == "diverged"
 
@@ -251,7 +175,7 @@ def test_huge_learning_rate_diverges(tmp_path):
     recipe = recipe_for(CLASSIC, lr=1e30)
     result = train_and_evaluate(tiny_model(), recipe, train_loader, val_loader, num_classes=CLASSES,
                                 options=TrainOptions(checkpoint_dir=tmp_path))
-    assert result["status"] == "diverged" and "epoch 1, iteration" in result["reason"]
+    assert result.status == "diverged" and "epoch 1, iteration" in result.reason
     assert not (tmp_path / "last.pt").exists()
 
 
@@ -286,9 +210,9 @@ def test_zero_epochs_only_evaluates(tmp_path):
     options = TrainOptions(checkpoint_dir=tmp_path)
     result = train_and_evaluate(model, recipe_for(CLASSIC, epochs=0), train_loader, val_loader,
                                 num_classes=CLASSES, options=options, on_epoch=seen.append)
-    assert result["status"] == "finished" and result["epochs_completed"] == 0 and result["history"] == []
-    assert seen == [] and math.isnan(result["train_loss"])
-    assert result["top1"] == evaluate(model, val_loader, num_classes=CLASSES, options=options)["top1"]
+    assert result.status == "finished" and result.epochs_completed == 0 and result.history == ()
+    assert seen == [] and math.isnan(result.train_loss)
+    assert result.top1 == evaluate(model, val_loader, num_classes=CLASSES, options=options).top1
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -296,14 +220,14 @@ def test_top5_with_two_classes_is_top2(tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
     val_loader = DataLoader(TensorDataset(torch.randn(10, 3, 8, 8), torch.arange(10) % 2), batch_size=4)
     scores = evaluate(model, val_loader, num_classes=2, options=TrainOptions(checkpoint_dir=tmp_path))
-    assert scores["top5"] == 100.0 and 0 <= scores["top1"] <= 100
+    assert scores.top5 == 100.0 and 0 <= scores.top1 <= 100
 
 
 def test_bf16_and_channels_last_run_on_the_cpu(tmp_path):
     options = TrainOptions(checkpoint_dir=tmp_path, precision="bf16", channels_last=True)
     result = train_and_evaluate(tiny_model(), recipe_for(MODERN, epochs=1, lr=0.01), *make_loaders(),
                                 num_classes=CLASSES, options=options)
-    assert result["status"] == "finished" and math.isfinite(result["train_loss"])
+    assert result.status == "finished" and math.isfinite(result.train_loss)
 
 
 @pytest.mark.slow  # inductor compiles C++ kernels for the CPU: about a minute
@@ -314,8 +238,8 @@ def test_compiled_training_matches_eager_and_checkpoints_plain_weights(tmp_path)
         options = TrainOptions(checkpoint_dir=tmp_path / str(compiled), compile=compiled)
         results[compiled] = train_and_evaluate(models[compiled], recipe_for(CLASSIC, epochs=1), *make_loaders(),
                                                num_classes=CLASSES, options=options)
-    assert results[True]["status"] == "finished"
-    assert results[True]["train_loss"] == pytest.approx(results[False]["train_loss"], rel=1e-4)
+    assert results[True].status == "finished"
+    assert results[True].train_loss == pytest.approx(results[False].train_loss, rel=1e-4)
     saved = load_checkpoint(tmp_path / "True" / "last.pt")["model"]
     assert set(saved) == set(models[False].state_dict())  # no "_orig_mod." prefix: loads into an eager model
 
@@ -334,7 +258,7 @@ def test_bad_options_are_one_line_spec_errors(changes, message, tmp_path):
 def test_a_checkpoint_from_another_recipe_is_refused(tmp_path):
     train_loader, val_loader = make_loaders()
 
-    def stop(record: dict) -> None:
+    def stop(record: EpochRecord) -> None:
         raise RuntimeError("stop")
 
     options = TrainOptions(checkpoint_dir=tmp_path)
@@ -354,7 +278,7 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
         file.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr("roadmap.checkpoint.torch.save", crash_mid_write)
+    monkeypatch.setattr("roadmap.training.checkpoint.torch.save", crash_mid_write)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint({"epoch": 2}, tmp_path / "last.pt")
     assert load_checkpoint(tmp_path / "last.pt") == {"epoch": 1}
@@ -369,17 +293,20 @@ DDP_SCRIPT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from test_engine import MODERN_TINY, CLASSES, make_loaders, tiny_model
     from torch.utils.data import DataLoader, DistributedSampler
-    from roadmap import distributed
-    from roadmap.engine import TrainOptions, train_and_evaluate
+    from roadmap.data import ShardSampler
+    from roadmap.training import distributed
+    from roadmap.training.engine import TrainOptions, train_and_evaluate
 
     world = distributed.init_distributed("cpu")
     train_loader, val_loader = make_loaders(batch=8)
     sampler = DistributedSampler(train_loader.dataset, num_replicas=world.world_size, rank=world.rank,
                                  shuffle=True, seed=0, drop_last=True)
     train_loader = DataLoader(train_loader.dataset, batch_size=8, sampler=sampler, drop_last=True)
+    shard = ShardSampler(len(val_loader.dataset), world.rank, world.world_size)
+    val_loader = DataLoader(val_loader.dataset, batch_size=16, sampler=shard)
     result = train_and_evaluate(tiny_model(), MODERN_TINY, train_loader, val_loader, num_classes=CLASSES,
                                 options=TrainOptions(checkpoint_dir=Path(sys.argv[1]), world=world))
-    Path(sys.argv[1], f"rank{world.rank}.json").write_text(json.dumps(result))
+    Path(sys.argv[1], f"rank{world.rank}.json").write_text(json.dumps(result.to_json()))
     distributed.cleanup()
 """)
 
@@ -393,12 +320,14 @@ def test_two_cpu_processes_with_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     completed = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    rank0 = json.loads((tmp_path / "run" / "rank0.json").read_text())
-    rank1 = json.loads((tmp_path / "run" / "rank1.json").read_text())
-    assert rank0["status"] == "finished" and rank0["epochs_completed"] == 3
-    assert rank0["top1"] == rank1["top1"] and rank0["history"][-1]["lr"] == rank1["history"][-1]["lr"]
-    assert rank0["top1"] >= 80.0
-    assert json.loads((tmp_path / "run" / "final.json").read_text())["top1"] == rank0["top1"]
+    rank0 = TrainResult.from_json(json.loads((tmp_path / "run" / "rank0.json").read_text()))
+    rank1 = TrainResult.from_json(json.loads((tmp_path / "run" / "rank1.json").read_text()))
+    assert rank0.status == "finished" and rank0.epochs_completed == 3
+    assert rank0.top1 == rank1.top1 and rank0.history[-1].lr == rank1.history[-1].lr
+    assert rank0.top1 >= 80.0
+    assert json.loads((tmp_path / "run" / "final.json").read_text())["top1"] == rank0.top1
+    predictions = read_predictions(tmp_path / "run" / "predictions.csv")  # gathered from both processes
+    assert list(predictions.index) == list(range(32)) and predictions.top1() == rank0.top1
 
 
 class SlowBatches:
@@ -422,8 +351,8 @@ def test_the_time_spent_waiting_for_batches_is_measured(tmp_path):
     slow = SlowBatches(train_loader, delay=0.02)
     result = train_and_evaluate(tiny_model(), recipe_for(CLASSIC, epochs=1), slow, val_loader, num_classes=CLASSES,
                                 options=TrainOptions(checkpoint_dir=tmp_path))
-    assert result["data_wait_s"] >= 0.02 * len(train_loader)
-    assert result["data_wait_s"] < result["train_s"]
+    assert result.data_wait_s >= 0.02 * len(train_loader)
+    assert result.data_wait_s < result.train_s
 
 
 def test_wait_timer_counts_only_the_time_inside_next():

@@ -14,8 +14,9 @@ from click.testing import CliRunner
 from matplotlib.container import BarContainer
 from matplotlib.text import Text
 
-from roadmap import plot, plot_data
-from roadmap.results import SUMMARY_COLUMNS, write_results
+from roadmap.report import plot, plot_data
+from roadmap.report.results import SUMMARY_COLUMNS
+from roadmap.report.tables import write_results
 from roadmap.steps import load_roadmap
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,9 +39,16 @@ def same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b)
 
 
+# What the pipeline records: the data's description and its kind (roadmap.data.datasets).
+SYNTHETIC = ("synthetic (10 classes, 2304/500 images, 32 px)", "synthetic")
+IMAGENET = ("imagefolder /data/imagenet (1000 classes, 1281167/50000 images, 224 px)", "imagefolder")
+
+
 def make_summary(seeds: int = 3, missing: tuple[str, ...] = (), failed: tuple[str, ...] = (),
-                 dataset: str = "synthetic", imagenet_scale: bool = False, throughput: tuple[str, ...] = ()):
-    """A summary as roadmap/results.py writes it: step i has top-1 20 + i (or Table 10's - 0.2), std 0.1 (i + 1)."""
+                 data: tuple[str, str] = SYNTHETIC, imagenet_scale: bool = False, throughput: tuple[str, ...] = (),
+                 significant: tuple[str, ...] = ()):
+    """A summary as roadmap.report.results writes it: step i has top-1 20 + i (or Table 10's - 0.2), std
+    0.1 (i + 1); the steps in `significant` have a Δ of +1 with a 95 % interval of [0.2, 1.8] (Welch)."""
     rows = []
     for step in ROADMAP.steps:
         i = step.order
@@ -52,7 +60,8 @@ def make_summary(seeds: int = 3, missing: tuple[str, ...] = (), failed: tuple[st
             "parent": step.parent or "", "n_seeds": seeds if ran else 0,
             "seeds": ",".join(map(str, range(seeds))) if ran else "", "status": status,
             "paper_top1": paper_top1, "paper_top1_std": paper_std, "paper_gflops": paper_gflops,
-            "dataset": dataset if status != "missing" else "", "preset": "smoke" if status != "missing" else "",
+            "dataset": data[0] if status != "missing" else "", "data_kind": data[1] if status != "missing" else "",
+            "preset": "smoke" if status != "missing" else "", "report": "last", "delta_test": "",
         }
         if ran:
             row |= {"top1_mean": paper_top1 - 0.2 if imagenet_scale else 20.0 + i,
@@ -60,6 +69,10 @@ def make_summary(seeds: int = 3, missing: tuple[str, ...] = (), failed: tuple[st
                     "gmacs": 0.3 + 0.01 * i, "params": 1_000_000 + 100_000 * i}
             for column in throughput:
                 row[column] = 1000.0 - 10 * i + (5000 if column.startswith("bench") else 0)
+            if seeds > 1:
+                row |= {"top1_ci_low": row["top1_mean"] - 0.3, "top1_ci_high": row["top1_mean"] + 0.3}
+            if step.name in significant:
+                row |= {"delta_top1": 1.0, "delta_ci_low": 0.2, "delta_ci_high": 1.8, "delta_test": "welch"}
         rows.append(row)
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
@@ -160,7 +173,7 @@ def test_drawn_chart_bars_match_the_data():
 
 def test_chart_with_one_seed_missing_and_failed_steps_on_imagenet():
     summary = make_summary(seeds=1, missing=("kernel_9", "gelu"), failed=("bn_to_ln",),
-                           dataset="imagefolder:/data/imagenet", imagenet_scale=True)
+                           data=IMAGENET, imagenet_scale=True)
     data = plot_data.roadmap_chart_data(summary, ROADMAP)
     by_step = {row.step: row for row in data.rows}
     assert [by_step[name].empty_text for name in ("kernel_9", "gelu", "bn_to_ln")] == ["missing", "missing", "failed"]
@@ -353,3 +366,44 @@ def test_cli_unknown_experiment_is_exit_2(tmp_path):
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "experiment 'nope' not found in sqlite:///" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# ----------------------------------------------------------------------------------- what the data are
+
+
+def test_the_caption_follows_the_recorded_data_kind_not_the_description():
+    synthetic = plot_data.roadmap_chart_data(make_summary(data=SYNTHETIC), ROADMAP)
+    assert synthetic.label.synthetic and "SYNTHETIC data" in synthetic.label.caption
+    # A description that does not start with the kind still says what the data are.
+    renamed = plot_data.roadmap_chart_data(make_summary(data=("built-in shapes (10 classes)", "synthetic")), ROADMAP)
+    assert "SYNTHETIC data" in renamed.label.caption
+    real = plot_data.roadmap_chart_data(make_summary(data=IMAGENET, imagenet_scale=True), ROADMAP)
+    assert not real.label.synthetic and "SYNTHETIC" not in real.label.caption and "imagefolder" in real.label.caption
+
+
+# ------------------------------------------------------------------------------------------ significance
+
+
+def test_significant_deltas_are_marked_on_the_chart_and_named_in_the_legend():
+    summary = make_summary(seeds=3, significant=("stage_ratio", "gelu"))
+    data = plot_data.roadmap_chart_data(summary, ROADMAP)
+    marked = {row.step for row in data.rows if row.delta_significant}
+    assert marked == {"stage_ratio", "gelu"}
+    assert all(("Δ+1.00▲" in row.annotation) == (row.step in marked) for row in data.rows)
+    legend = [text.get_text() for text in plot.draw_roadmap_chart(data).legends[0].get_texts()]
+    assert "▲/▼ Δ to the parent whose 95 % interval excludes 0 (Welch's t-test over seeds)" in legend
+    unmarked = plot.draw_roadmap_chart(plot_data.roadmap_chart_data(make_summary(seeds=3), ROADMAP))
+    assert not [text for text in unmarked.legends[0].get_texts() if "interval" in text.get_text()]
+
+
+def test_accuracy_vs_gmacs_draws_each_steps_interval_as_an_error_bar():
+    summary = make_summary(seeds=3)
+    data = plot_data.accuracy_vs_gmacs_data(summary, ROADMAP)
+    assert [(p.y_low, p.y_high) for p in data.study.points] == pytest.approx(
+        list(zip(summary["top1_ci_low"], summary["top1_ci_high"])))
+    fig = plot.draw_accuracy_vs_gmacs(data)
+    segments = [segment for collection in fig.axes[0].collections if hasattr(collection, "get_segments")
+                for segment in collection.get_segments()]
+    spans = sorted((float(seg[0][1]), float(seg[1][1])) for seg in segments if seg[0][0] == seg[1][0])
+    assert spans == pytest.approx(sorted(zip(summary["top1_ci_low"], summary["top1_ci_high"])))
+    assert "error bars: 95 % interval" in fig.legends[0].get_title().get_text()

@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from roadmap.presets import PRESETS, Preset, apply_preset, get_preset, split_batch
 from roadmap.recipes import CLASSIC, MODERN
 from roadmap.spec import ArchSpec, DataSpec, SpecError
+from roadmap.study.presets import PRESETS, Preset, apply_preset, get_preset
 
 ARCH, SYNTHETIC = ArchSpec(), DataSpec()
 
@@ -37,7 +37,7 @@ def test_demo_scales_the_modern_recipe():
 def test_classic_milestones_stay_fractions_of_the_epochs():
     _, recipe, _ = apply_preset(get_preset("demo"), ARCH, CLASSIC, SYNTHETIC, epochs=9)
     assert recipe.epochs == 9 and recipe.lr_milestones == CLASSIC.lr_milestones
-    assert [round(f * recipe.epochs) for f in recipe.lr_milestones] == [3, 6, 8]
+    assert [round(f * recipe.epochs) for f in recipe.lr_milestones] == [3, 6]  # StepLR(30) of 90, scaled
     assert recipe.warmup_epochs == 0 and recipe.lr() == pytest.approx(0.1 * 64 / 256)  # linear scaling kept
 
 
@@ -56,7 +56,7 @@ def test_proxy_uses_linear_scaling_at_batch_1024():
     _, recipe, _ = apply_preset(get_preset("proxy"), ARCH, MODERN, SYNTHETIC)
     assert recipe.batch_size == 1024 and recipe.lr() == pytest.approx(1e-3)
     assert recipe.warmup_epochs == pytest.approx(20 / 3)
-    assert split_batch(1024, 1, get_preset("proxy").accumulation_steps) == 256
+    assert get_preset("proxy").micro_batch == "recipe"  # BatchNorm over the originals' per-GPU batch
 
 
 def test_overrides_win_over_the_preset():
@@ -112,14 +112,6 @@ def test_unknown_preset_names_the_valid_ones():
     assert str(error.value) == "preset='tiny' is not valid; choose one of: smoke, demo, proxy, paper"
 
 
-def test_split_batch():
-    assert split_batch(256, 2, 4) == 32
-    with pytest.raises(SpecError) as error:
-        split_batch(100, 3, 1)
-    assert str(error.value) == (
-        "batch_size=100 does not split into 3 processes x 1 accumulation steps; choose a multiple of 3")
-
-
 def test_presets_are_immutable():
     with pytest.raises(TypeError):
         get_preset("demo").peak_lr["modern"] = 1.0
@@ -132,29 +124,16 @@ def test_presets_are_immutable():
 @pytest.mark.parametrize("step_name", ["resnet50", "separate_downsampling"])
 def test_a_smoke_step_trains_end_to_end(step_name, tmp_path):
     from roadmap.data import build_datasets, build_loaders
-    from roadmap.engine import TrainOptions, seed_everything, train_and_evaluate
-    from roadmap.model import build_model
+    from roadmap.models.network import build_model
     from roadmap.steps import load_roadmap
+    from roadmap.training.engine import TrainOptions, seed_everything, train_and_evaluate
 
     step = load_roadmap("resnet50_to_convnext_t").step(step_name)
     arch, recipe, data = apply_preset(get_preset("smoke"), step.arch, step.recipe, SYNTHETIC)
     seed_everything(0)
     model = build_model(arch, data.num_classes)
-    loaders = build_loaders(build_datasets(data, recipe), split_batch(recipe.batch_size, 1, 1),
-                            workers=data.workers, seed=0)
+    loaders = build_loaders(build_datasets(data, recipe), recipe.batch_size, workers=data.workers, seed=0)
     result = train_and_evaluate(model, recipe, *loaders, num_classes=data.num_classes,
                                 options=TrainOptions(checkpoint_dir=tmp_path))
-    assert result["status"] == "finished" and result["epochs_completed"] == 1
-    assert 0 <= result["top1"] <= result["top5"] <= 100
-
-
-def test_study_rejects_a_batch_that_does_not_split_across_processes():
-    from roadmap.recipes import MODERN
-    from roadmap.spec import SpecError
-    from roadmap.study import batch_split
-
-    recipe = dataclasses.replace(MODERN, batch_size=33)
-    with pytest.raises(SpecError, match="batch size 33 does not divide across 2 processes"):
-        batch_split(recipe, world_size=2, micro_batch=None)
-    assert batch_split(dataclasses.replace(recipe, batch_size=64), 2, None, accumulation_steps=4) == (8, 4)
-    assert batch_split(dataclasses.replace(recipe, batch_size=64), 2, 16) == (16, 2)
+    assert result.status == "finished" and result.epochs_completed == 1
+    assert 0 <= result.top1 <= result.top5 <= 100

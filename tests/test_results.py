@@ -9,15 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from roadmap.results import (
-    SUMMARY_COLUMNS,
-    ResultsError,
-    load_runs,
-    read_summary_csv,
-    study_summary,
-    summarize,
-    write_results,
-)
+from roadmap.report.results import SUMMARY_COLUMNS, ResultsError, read_summary_csv, study_summary, summarize
+from roadmap.report.runs_table import RUN_COLUMNS, load_runs
+from roadmap.report.tables import write_results
+from roadmap.schema import Status
 from roadmap.steps import load_roadmap
 from roadmap.tracking import Tracker, TrackingError
 
@@ -38,14 +33,15 @@ TOP1 = {
 
 def final_metrics(step: str, seed: int, top1: float) -> dict:
     params, gmacs = COSTS[step]
-    return {"top1": top1, "top5": top1 + 20 + seed / 8, "params": params, "gmacs": gmacs,
+    return {"top1": top1, "top5": top1 + 20 + seed / 8, "top1_best": top1 + 1, "params": params, "gmacs": gmacs,
             "train_img_per_s": 100.0 + seed, "eval_img_per_s": 300.0 + 2 * seed, "peak_memory_mb": 500.0 + seed,
             "wall_time_s": 10.0 + seed}
 
 
 def step_tags(step, preset: str = "smoke") -> dict:
     return {"order": step.order, "group": step.group, "adopted": step.adopted, "parent_step": step.parent or "",
-            "roadmap": ROADMAP, "dataset": "synthetic", "preset": preset, "device": "cpu"}
+            "roadmap": ROADMAP, "dataset": "synthetic (10 classes)", "data_kind": "synthetic", "preset": preset,
+            "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +54,7 @@ def study(tmp_path_factory):
         # Seed 0 of resnet50 under an older configuration, then re-run: the latest completed run counts.
         old = roadmap.step("resnet50")
         with tracker.step_run("resnet50", 0, "old", params={}, tags=step_tags(old), config={}) as run:
-            run.log_final(final_metrics("resnet50", 0, 1.0) | {"status": "finished"})
+            run.log_final(final_metrics("resnet50", 0, 1.0), Status.FINISHED)
         for (name, seed), top1 in TOP1.items():
             step = roadmap.step(name)
             try:
@@ -67,18 +63,18 @@ def study(tmp_path_factory):
                     if top1 == "failed":
                         raise RuntimeError("simulated crash")
                     if top1 == "diverged":
-                        run.log_final(final_metrics(name, seed, 0.5) | {"status": "diverged", "reason": "nan loss"})
+                        run.log_final(final_metrics(name, seed, 0.5), Status.DIVERGED, "nan loss")
                     else:
-                        run.log_final(final_metrics(name, seed, top1) | {"status": "finished", "reason": ""})
+                        run.log_final(final_metrics(name, seed, top1), Status.FINISHED)
             except RuntimeError:
                 pass
         with tracker.step_run("kernel_7", 2, "hash-kernel_7", params={}, tags=step_tags(step), config={}) as run:
             run.log_metrics({"bench_train_img_per_s": 55.0, "bench_eval_img_per_s": 155.0,
                              "bench_peak_memory_mb": 700.0})
-            run.log_final(final_metrics("kernel_7", 2, 70.0) | {"status": "finished"})
+            run.log_final(final_metrics("kernel_7", 2, 70.0), Status.FINISHED)
         # A run of another roadmap in the same experiment is ignored by summarize.
         with tracker.step_run("gelu", 5, "x", params={}, tags=step_tags(step) | {"roadmap": "other"}, config={}) as run:
-            run.log_final(final_metrics("gelu", 5, 99.0))
+            run.log_final(final_metrics("gelu", 5, 99.0), Status.FINISHED)
     return uri, roadmap
 
 
@@ -101,9 +97,8 @@ def test_load_runs_has_one_row_per_run_key_with_status_and_metrics(study):
     uri, _ = study
     runs = load_runs(uri, EXPERIMENT)
     assert len(runs) == 1 + len(TOP1) + 2
-    assert {"run_id", "step", "seed", "order", "group", "adopted", "parent_step", "status", "roadmap", "dataset",
-            "preset", "config_hash", "top1", "top5", "params", "gmacs", "train_img_per_s", "eval_img_per_s",
-            "peak_memory_mb", "wall_time_s", "bench_train_img_per_s"} <= set(runs.columns)
+    assert tuple(runs.columns) == RUN_COLUMNS
+    assert set(runs["data_kind"]) == {"synthetic"}
     by_key = runs.set_index(["step", "seed", "config_hash"])
     assert by_key.loc[("modern_recipe", 1, "hash-modern_recipe"), "status"] == "failed"
     assert by_key.loc[("kernel_7", 1, "hash-kernel_7"), "status"] == "diverged"
@@ -179,13 +174,22 @@ def test_paper_columns_equal_the_step_files(summary, study):
         got = row(summary, step.name)
         assert got["paper_top1"] == step.paper["top1"]
         assert got["paper_gflops"] == step.paper["gflops"]
-        assert got["paper_top1_std"] == step.paper.get("top1_std") or math.isnan(got["paper_top1_std"])
+        if "top1_std" in step.paper:
+            assert got["paper_top1_std"] == step.paper["top1_std"]
+        else:
+            assert math.isnan(got["paper_top1_std"])
+        if step.parent:
+            parent_top1 = roadmap.step(step.parent).paper["top1"]
+            assert got["paper_delta_top1"] == pytest.approx(step.paper["top1"] - parent_top1)
+    assert math.isnan(row(summary, "resnet50")["paper_top1_std"])  # Table 10 gives none for the baseline
     assert row(summary, "kernel_5")["paper_top1"] == 80.35 and row(summary, "kernel_5")["paper_top1_std"] == 0.08
-    assert {row(summary, "kernel_5")["dataset"], row(summary, "kernel_5")["preset"]} == {"synthetic", "smoke"}
+    kernel_5 = row(summary, "kernel_5")
+    assert (kernel_5["dataset"], kernel_5["data_kind"], kernel_5["preset"]) == ("synthetic (10 classes)", "synthetic",
+                                                                                 "smoke")
 
 
 def test_written_csv_reads_back_equal_to_the_logged_metrics(summary, tmp_path):
-    csv_path, md_path = write_results(summary, tmp_path / "results" / EXPERIMENT)
+    csv_path, md_path = write_results(summary, tmp_path / "results" / EXPERIMENT, "Table 10")
     assert csv_path == tmp_path / "results" / EXPERIMENT / "roadmap.csv" and md_path.name == "roadmap.md"
     back = read_summary_csv(csv_path)
     pd.testing.assert_frame_equal(back, summary, check_dtype=False)
@@ -194,6 +198,7 @@ def test_written_csv_reads_back_equal_to_the_logged_metrics(summary, tmp_path):
 
     markdown = md_path.read_text()
     assert "multiply-accumulates" in markdown and "synthetic" in markdown and "smoke" in markdown
+    assert "Liu et al. 2022, Table 10" in markdown and "top-1 (%, last epoch)" in markdown
     assert "seeds: 0,1,2" in markdown
     mean, std = np.mean(finished_top1("kernel_5")), np.std(finished_top1("kernel_5"), ddof=1)
     assert f"{mean:.2f} ± {std:.2f}" in markdown
@@ -211,12 +216,12 @@ def test_read_summary_csv_names_missing_columns(tmp_path, summary):
 
 
 def test_study_summary_reads_the_store_and_rejects_unknown_experiments(study, summary, tmp_path):
-    uri, _ = study
-    pd.testing.assert_frame_equal(study_summary(uri, EXPERIMENT, ROADMAP), summary)
+    uri, roadmap = study
+    pd.testing.assert_frame_equal(study_summary(uri, EXPERIMENT, roadmap), summary)
     with pytest.raises(TrackingError, match="'no_such_study' does not exist"):
-        study_summary(uri, "no_such_study", ROADMAP)
+        study_summary(uri, "no_such_study", roadmap)
     with pytest.raises(TrackingError, match="does not exist"):
-        study_summary(f"sqlite:///{tmp_path / 'empty.db'}", EXPERIMENT, ROADMAP)
+        study_summary(f"sqlite:///{tmp_path / 'empty.db'}", EXPERIMENT, roadmap)
 
 
 def test_summarize_a_hand_made_table_prefers_completed_then_newest(roadmap_t):
@@ -226,13 +231,22 @@ def test_summarize_a_hand_made_table_prefers_completed_then_newest(roadmap_t):
         {"step": "resnet50", "seed": 1, "status": "finished", "roadmap": ROADMAP, "top1": 71.0},
         {"step": "resnet50", "seed": 1, "status": "finished", "roadmap": ROADMAP, "top1": 72.0},
     ])
-    got = row(summarize(runs.reindex(columns=[*runs.columns, "dataset", "preset", "params", "gmacs",
-                                               "train_img_per_s", "eval_img_per_s", "peak_memory_mb",
-                                               "bench_train_img_per_s", "bench_eval_img_per_s",
-                                               "bench_peak_memory_mb", "top5"]), roadmap_t), "resnet50")
+    got = row(summarize(runs.reindex(columns=list(RUN_COLUMNS)), roadmap_t), "resnet50")
     assert (got["status"], got["seeds"], got["top1_mean"]) == ("finished", "0,1", 71.0)
 
 
 def test_results_and_tracking_never_import_torch():
-    code = "import sys, roadmap.results, roadmap.tracking; sys.exit('torch' in sys.modules)"
+    code = ("import sys, roadmap.report.results, roadmap.report.tables, roadmap.tracking; "
+            "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], timeout=120).returncode == 0
+
+
+def test_the_table_names_the_paper_table_of_its_roadmap(tmp_path):
+    for name, table, other in (("resnet50_to_convnext_t", "Table 10", "Table 11"),
+                               ("resnet200_to_convnext_b", "Table 11", "Table 10")):
+        roadmap = load_roadmap(name)
+        summary = summarize(pd.DataFrame(columns=list(RUN_COLUMNS)), roadmap)
+        _, md_path = write_results(summary, tmp_path / name, roadmap.paper_table)
+        markdown = md_path.read_text()
+        assert f"Liu et al. 2022, {table}" in markdown and other not in markdown
+        assert roadmap.paper_source == f"paper ({table})"

@@ -5,32 +5,13 @@ import dataclasses
 
 import pytest
 import torch
-from test_interop import (
-    TOLERANCE,
-    empty,
-    max_logit_diff,
-    param_count,
-    randomize_,
-)
+from helpers import PUBLISHED_PARAMS, TOLERANCE, empty, max_logit_diff, param_count, randomize_
 
 from roadmap import build_model, load_roadmap
 from roadmap.interop import export_state_dict, import_state_dict
-from roadmap.sizes import MODEL_SIZES, get_size, reference_model
+from roadmap.models.sizes import SIZE_NAMES, get_size, model_sizes, reference_model
 from roadmap.spec import ArchSpec, SpecError
 
-# Published parameter counts at 1000 classes: torchvision's model docs; timm's model cards for
-# ResNet-200 and ConvNeXt-XL (64.7 M, 350.2 M); the paper's Table 1 rounds them (29M, 50M, 89M, 198M, 350M).
-PUBLISHED_PARAMS = {
-    "resnet50": 25_557_032,
-    "resnet101": 44_549_160,
-    "resnet152": 60_192_808,
-    "resnet200": 64_673_832,
-    "convnext_tiny": 28_589_128,
-    "convnext_small": 50_223_688,
-    "convnext_base": 88_591_464,
-    "convnext_large": 197_767_336,
-    "convnext_xlarge": 350_196_968,
-}
 # Together about a minute on 2 busy CPU cores, so they run only with -m slow.
 BIG = {"resnet152", "resnet200", "convnext_large", "convnext_xlarge"}
 # ResNet-50 and ConvNeXt-T are the roadmap's end points, whose logits test_interop compares both ways.
@@ -40,13 +21,13 @@ SIZES = [pytest.param(name, marks=pytest.mark.slow) if name in BIG else name
 
 
 def test_the_nine_sizes_are_named():
-    assert list(MODEL_SIZES) == list(PUBLISHED_PARAMS)
+    assert list(model_sizes()) == list(SIZE_NAMES) == list(PUBLISHED_PARAMS)
 
 
 def test_unknown_size_lists_the_valid_names():
     with pytest.raises(SpecError) as error:
         get_size("convnext_huge")
-    assert "'convnext_huge'" in str(error.value) and all(name in str(error.value) for name in MODEL_SIZES)
+    assert "'convnext_huge'" in str(error.value) and all(name in str(error.value) for name in SIZE_NAMES)
 
 
 def test_end_points_are_the_roadmaps():
@@ -117,5 +98,5 @@ def test_default_library_is_torchvision_where_it_has_the_size():
 def test_reference_errors_name_the_valid_choices():
     with pytest.raises(SpecError, match="torchvision has no 'convnext_xlarge'.*timm"):
         reference_model("convnext_xlarge", "torchvision")
-    with pytest.raises(SpecError, match="library 'keras' is not valid; choose one of: torchvision, timm"):
+    with pytest.raises(SpecError, match="library='keras' is not valid; choose one of: torchvision, timm"):
         reference_model("resnet50", "keras")

@@ -129,7 +129,7 @@ def test_adding_a_step_is_adding_a_file(tmp_path):
     ("flags", "message"),
     [
         ({"norm": "group"}, r"norm='group' is not valid; choose one of: batch, layer"),
-        ({"widths": (0, 1, 2, 3)}, r"widths=.* every width must be a whole number >= 1"),
+        ({"widths": (0, 1, 2, 3)}, r"widths=.* every value must be a whole number >= 1"),
         ({"kernel_size": 6}, r"kernel_size=6 is not valid"),
         ({"block": "fancy"}, r"block='fancy' is not valid; choose one of: bottleneck, inverted, dwconv_first"),
         ({"depths": (3, 3)}, r"must name the same stages"),
@@ -146,7 +146,7 @@ def test_second_roadmap_end_points_are_the_named_reference_sizes():
     those named sizes against timm and torchvision, parameters and logits)."""
     import dataclasses
 
-    from roadmap.sizes import get_size
+    from roadmap.models.sizes import get_size
 
     roadmap = load_roadmap("resnet200_to_convnext_b")
     assert roadmap.step("resnet200").arch == get_size("resnet200")

@@ -12,10 +12,14 @@ from roadmap import load_roadmap
 
 SMOKE_UPTO = "bn_to_ln"
 EPOCH_METRICS = {"train_loss", "lr", "val_top1", "val_top5", "train_img_per_s"}
-FINAL_METRICS = {"top1", "top5", "params", "gmacs", "train_img_per_s", "eval_img_per_s", "peak_memory_mb",
-                 "wall_time_s"}
+FINAL_METRICS = {"top1", "top5", "top1_best", "top1_best_epoch", "params", "gmacs", "train_img_per_s", "eval_img_per_s",
+                 "peak_memory_mb", "wall_time_s"}
 STEP_TAGS = {"step", "order", "group", "adopted", "parent_step", "seed", "config_hash", "git_revision",
-             "torch_version", "torchvision_version", "timm_version", "device", "roadmap", "dataset", "preset"}
+             "torch_version", "torchvision_version", "timm_version", "device", "roadmap", "dataset", "data_kind",
+             "preset", "delta_test"}
+STEP_ARTIFACTS = {"config.json", "weights.safetensors", "predictions.csv", "predictions_best.csv"}
+STUDY_ARTIFACTS = {"roadmap.csv", "roadmap.md", "roadmap.png", "roadmap.svg", "accuracy_vs_gmacs.png",
+                   "accuracy_vs_gmacs.svg", "accuracy_vs_throughput.png", "accuracy_vs_throughput.svg"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def test_smoke_study_trains_all_16_steps(smoke_study):
     assert len(expected) == 16
     for index, name in enumerate(expected, start=1):
         assert f"[{index}/16] {name} seed 0: top-1 " in result.stdout
-    assert "16 finished, 0 skipped, 0 diverged" in result.stdout
+    assert "(16 finished, 0 skipped, 0 being trained elsewhere, 0 diverged, 0 failed)" in result.stdout
     split = re.search(r"time split over 16 trained run\(s\): training loops ([\d.]+) s, of which waiting for data "
                       r"([\d.]+) s \(\+[\d.]+ % on the model steps' [\d.]+ s\); evaluation, checkpoints and MLflow "
                       r"logging ([\d.]+) s", result.stdout)
@@ -60,9 +64,14 @@ def test_mlflow_holds_one_parent_and_a_nested_run_per_step(smoke_study):
     steps = [r for r in runs if r.data.tags.get("run_kind") == "step"]
     assert len(parents) == 1 and len(steps) == 16
     parent_id = parents[0].info.run_id
+    assert {a.path for a in client.list_artifacts(parent_id)} == STUDY_ARTIFACTS
     for run in steps:
         assert run.data.tags["mlflow.parentRunId"] == parent_id
-        assert run.info.run_name == run.data.tags["step"]
+        assert run.info.run_name == f"{run.data.tags['step']} seed 0"
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == STEP_ARTIFACTS
+        contexts = {(i.dataset.name, tag.value) for i in run.inputs.dataset_inputs for tag in i.tags}
+        assert contexts == {("synthetic-train", "training"), ("synthetic-val", "validation")}
+        assert run.data.tags["data_kind"] == "synthetic"
         assert run.info.status == "FINISHED" and run.data.tags["status"] == "finished"
         assert STEP_TAGS <= set(run.data.tags)
         assert FINAL_METRICS | EPOCH_METRICS <= set(run.data.metrics)
@@ -83,7 +92,8 @@ def test_results_csv_holds_exactly_the_runs_numbers(smoke_study):
     table = pd.read_csv(workdir / "results" / "resnet50_to_convnext_t" / "roadmap.csv")
     assert (workdir / "results" / "resnet50_to_convnext_t" / "roadmap.md").read_text().count("| finished |") == 16
     by_step = {r.data.tags["step"]: r.data.metrics for r in runs if r.data.tags.get("run_kind") == "step"}
-    assert list(table["step"]) == list(by_step)[::-1] or set(table["step"]) == set(by_step)
+    names = load_roadmap("resnet50_to_convnext_t").names()
+    assert list(table["step"]) == names[: names.index(SMOKE_UPTO) + 1]  # roadmap order
     for row in table.itertuples():
         metrics = by_step[row.step]
         assert row.top1_mean == pytest.approx(metrics["top1"], abs=1e-9)
@@ -99,7 +109,7 @@ def test_rerunning_the_same_command_creates_no_new_step_runs(smoke_study, cli):
     _, before = _runs(workdir)
     result = cli("--upto", SMOKE_UPTO, "--preset", "smoke", "--no-progress", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    assert "0 finished, 16 skipped" in result.stdout and "time split" not in result.stdout
+    assert "(0 finished, 16 skipped," in result.stdout and "time split" not in result.stdout
     _, after = _runs(workdir)
     steps_before = {r.info.run_id for r in before if r.data.tags.get("run_kind") == "step"}
     steps_after = {r.info.run_id for r in after if r.data.tags.get("run_kind") == "step"}
@@ -138,3 +148,38 @@ def test_benchmark_records_every_step_in_the_results_table(tmp_path, cli):
     assert list(table["step"]) == ["resnet50", "modern_recipe", "stage_ratio"]
     assert (table["bench_train_img_per_s"] > 0).all() and (table["bench_eval_img_per_s"] > 0).all()
     assert (table["status"] == "missing").all()  # measured, not trained
+
+
+def test_the_last_lines_say_where_the_study_is(smoke_study):
+    workdir, result = smoke_study
+    client, runs = _runs(workdir)
+    experiment_id = client.get_experiment_by_name("resnet50_to_convnext_t").experiment_id
+    last = result.stdout.strip().splitlines()[-3:]
+    assert last[0].startswith("agreement with the paper (Table 10): ")
+    assert last[1].startswith("results: results/resnet50_to_convnext_t/roadmap.csv and ") and "roadmap.png" in last[1]
+    assert f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in last[2]
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in last[2]
+    description = client.get_experiment(experiment_id).tags["mlflow.note.content"]
+    assert "Compare" in description and "weights.safetensors" in description
+
+
+def test_a_roadmap_from_steps_dir_is_summarized_against_its_own_steps(tmp_path, cli):
+    """A study of a roadmap outside steps/ writes its own steps' table and figures, with MLflow and a CSV."""
+    from roadmap.steps import DEFAULT_STEPS_DIR
+
+    mine = tmp_path / "roadmaps" / "mine"
+    mine.mkdir(parents=True)
+    for name in ("00_resnet50.toml", "01_modern_recipe.toml"):
+        (mine / name).write_text((DEFAULT_STEPS_DIR / "resnet50_to_convnext_t" / name).read_text())
+    (mine / "02_wider_stem.toml").write_text(
+        'name = "wider_stem"\ngroup = "my idea"\nadopted = true\n[arch]\nstem_width = 96\n')
+    result = cli("--steps-dir", str(tmp_path / "roadmaps"), "--roadmap", "mine", "--preset", "smoke", "--no-progress",
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    table = pd.read_csv(tmp_path / "results" / "mine" / "roadmap.csv")
+    assert list(table["step"]) == ["resnet50", "modern_recipe", "wider_stem"]
+    assert list(table["status"]) == ["finished"] * 3 and (tmp_path / "results" / "mine" / "roadmap.png").exists()
+    redrawn = cli("plot_roadmap.py", "--steps-dir", str(tmp_path / "roadmaps"), "--roadmap", "mine", "--out",
+                  str(tmp_path / "again"), cwd=tmp_path)
+    assert redrawn.returncode == 0, redrawn.stderr
+    assert (tmp_path / "again" / "roadmap.png").exists()

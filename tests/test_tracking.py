@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from roadmap.schema import Status
 from roadmap.tracking import (
     DEFAULT_TRACKING_URI,
     StepRun,
@@ -31,7 +32,7 @@ EPOCHS = [
     {"train_loss": 1.5, "lr": 0.000001, "val_top1": 30.5, "val_top5": 70.25, "train_img_per_s": 103.0},
 ]
 FINAL = {"top1": 30.5, "top5": 70.25, "params": 25557032, "gmacs": 4.09, "train_img_per_s": 102.0,
-         "eval_img_per_s": 300.0, "peak_memory_mb": 812.5, "wall_time_s": 12.25, "status": "finished", "reason": ""}
+         "eval_img_per_s": 300.0, "peak_memory_mb": 812.5, "wall_time_s": 12.25}
 STEP_PARAMS = {"arch": {"kernel_size": 7, "depths": [3, 3, 9, 3]}, "recipe": {"base_lr": 0.004}, "seed": 0}
 STEP_TAGS = {"order": 9, "group": "large kernel", "adopted": True, "parent_step": "move_up_dwconv",
              "roadmap": "resnet50_to_convnext_t", "dataset": "synthetic", "preset": "smoke", "device": "cpu"}
@@ -53,11 +54,12 @@ def client_for(tracker: Tracker) -> MlflowClient:
     return MlflowClient(tracking_uri=tracker.tracking_uri)
 
 
-def log_step(tracker: Tracker, step: str, seed: int, config_hash: str, final: dict | None = None) -> StepRun:
+def log_step(tracker: Tracker, step: str, seed: int, config_hash: str, final: dict | None = None,
+             status: Status = Status.FINISHED, reason: str = "") -> StepRun:
     with tracker.step_run(step, seed, config_hash, params=STEP_PARAMS, tags=STEP_TAGS, config=CONFIG) as run:
         for epoch, metrics in enumerate(EPOCHS):
             run.log_epoch(metrics, epoch)
-        run.log_final(final or FINAL)
+        run.log_final(final or FINAL, status, reason)
     return run
 
 
@@ -78,7 +80,7 @@ def test_study_nests_step_runs_with_params_metrics_tags_and_config(tracker, tmp_
     assert parent_run.data.tags["preset"] == "smoke"
     assert "mlflow.parentRunId" not in parent_run.data.tags
     assert step_run.data.tags["mlflow.parentRunId"] == parent
-    assert step_run.info.run_name == "kernel_7"
+    assert step_run.info.run_name == "kernel_7 seed 0"
     assert step_run.info.experiment_id == tracker.experiment_id
     assert step_run.data.params == {"arch.kernel_size": "7", "arch.depths": "[3, 3, 9, 3]",
                                     "recipe.base_lr": "0.004", "seed": "0"}
@@ -86,8 +88,8 @@ def test_study_nests_step_runs_with_params_metrics_tags_and_config(tracker, tmp_
     assert {key: tags[key] for key in ("step", "seed", "config_hash", "order", "adopted", "parent_step", "status")} \
         == {"step": "kernel_7", "seed": "0", "config_hash": "hash7", "order": "9", "adopted": "True",
             "parent_step": "move_up_dwconv", "status": "finished"}
-    assert tags["reason"] == ""
-    expected_final = {key: float(value) for key, value in FINAL.items() if key not in ("status", "reason")}
+    assert tags["reason"] == "-"
+    expected_final = {key: float(value) for key, value in FINAL.items()}
     expected_final |= {key: EPOCHS[-1][key] for key in ("train_loss", "lr", "val_top1", "val_top5")}
     assert step_run.data.metrics == pytest.approx(expected_final)
     for key in ("train_loss", "lr", "val_top1", "val_top5"):
@@ -122,7 +124,7 @@ def test_find_finished_matches_step_seed_and_hash_only(tracker):
 
 
 def test_diverged_run_counts_as_finished_and_keeps_its_reason(tracker):
-    run = log_step(tracker, "bn_to_ln", 0, "h", final={"top1": 0.1, "status": "diverged", "reason": "loss is nan"})
+    run = log_step(tracker, "bn_to_ln", 0, "h", final={"top1": 0.1}, status=Status.DIVERGED, reason="loss is nan")
     tags = client_for(tracker).get_run(run.run_id).data.tags
     assert (tags["status"], tags["reason"]) == ("diverged", "loss is nan")
     assert tracker.find_finished("bn_to_ln", 0, "h") == run.run_id
@@ -148,8 +150,8 @@ def test_interrupted_step_run_is_resumed_not_duplicated(tracker):
     assert run.data.tags["mlflow.parentRunId"] == second_parent
     assert run.data.tags["attempts"] == "2" and run.data.tags["status"] == "finished"
     assert "out of memory" not in run.data.tags.get("reason", "")
-    step_runs = [r for r in load_step_runs(tracker.tracking_uri, tracker.experiment) if r["tags"]["step"] == "gelu"]
-    assert [r["run_id"] for r in step_runs] == [broken.run_id]
+    step_runs = [r for r in load_step_runs(tracker.tracking_uri, tracker.experiment) if r.tags["step"] == "gelu"]
+    assert [r.run_id for r in step_runs] == [broken.run_id]
     assert tracker.find_finished("gelu", 0, "h") == broken.run_id
 
 
@@ -175,7 +177,7 @@ def test_bad_metrics_and_status_are_rejected(tracker):
         with pytest.raises(TrackingError, match="'top1'"):
             run.log_metrics({"top1": [1, 2]})
         with pytest.raises(TrackingError, match="finished, diverged"):
-            run.log_final({"top1": 1.0, "status": "great"})
+            run.log_final({"top1": 1.0}, "great")
         run.log_metrics({"bench_train_img_per_s": 55.5, "bench_peak_memory_mb": None})
     metrics = client_for(tracker).get_run(run.run_id).data.metrics
     assert metrics == {"bench_train_img_per_s": 55.5}
@@ -292,8 +294,8 @@ def test_fake_study_against_a_real_server(mlflow_server, tmp_path):
     assert tracker.find_finished("kernel_7", 1, "hash7") == runs[1].run_id
     assert experiment_exists(uri, "served_study")
     loaded = load_step_runs(uri, "served_study")
-    assert {r["run_id"] for r in loaded} == {run.run_id for run in runs}
-    assert all(r["parent_run_id"] == parent and r["metrics"]["top1"] == 30.5 for r in loaded)
+    assert {r.run_id for r in loaded} == {run.run_id for run in runs}
+    assert all(r.parent_run_id == parent and r.metrics["top1"] == 30.5 for r in loaded)
     assert load_metric_history(uri, runs[0].run_id, "val_top5") == [(0, 50.25), (1, 60.25), (2, 70.25)]
     downloaded = MlflowClient(tracking_uri=uri).download_artifacts(runs[0].run_id, "config.json", str(tmp_path))
     assert Path(downloaded).read_text().startswith("{")
@@ -315,6 +317,6 @@ def test_smoke_study_against_a_real_server(mlflow_server, tmp_path):
                             cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
     runs = load_step_runs(uri, "served")
-    assert sorted(run["tags"]["step"] for run in runs) == ["modern_recipe", "resnet50"]
-    assert all(run["mlflow_status"] == "FINISHED" and "top1" in run["metrics"] for run in runs)
+    assert sorted(run.tags["step"] for run in runs) == ["modern_recipe", "resnet50"]
+    assert all(run.mlflow_status == "FINISHED" and "top1" in run.metrics for run in runs)
     assert not (tmp_path / "mlflow.db").exists()

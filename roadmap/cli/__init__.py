@@ -1,0 +1,1 @@
+"""The command-line front ends: run_ablation.py (`run-ablation`) and plot_roadmap.py (`plot-roadmap`)."""

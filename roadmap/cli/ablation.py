@@ -1,0 +1,195 @@
+"""`run_ablation.py` (installed as `run-ablation`): train, evaluate and track every cumulative step of a roadmap."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..steps import list_roadmaps, load_roadmap
+from .common import OneLineErrors, parse_int_list, parse_key_values
+
+DEFAULT_ROADMAP = "resnet50_to_convnext_t"
+
+
+@click.command(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--roadmap", "roadmap_name", default=DEFAULT_ROADMAP, show_default=True,
+              help="Roadmap to run: a folder of step files under steps/ (see --list-roadmaps).")
+@click.option("--list-roadmaps", is_flag=True, help="List the roadmaps and exit.")
+@click.option("--list-steps", is_flag=True, help="Print every step of the roadmap (the plan table) and exit.")
+@click.option("--upto", metavar="STEP", help="Last step to run; every step before it in roadmap order, explored "
+              "branches included, runs too. Default: the roadmap's last step.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (params, GMACs, the paper's numbers, and how each step "
+              "would train: batch split, BatchNorm batch, peak lr) without training; every option is checked.")
+@click.option("--json", "as_json", is_flag=True, help="With --list-steps or --dry-run: print the plan as JSON.")
+@click.option("--data", default="synthetic", show_default=True,
+              help="Data set: synthetic (built in, generated), imagefolder:PATH (PATH/train/<class>/*, "
+              "PATH/val/<class>/*), cifar10:PATH or cifar100:PATH (torchvision's copy under PATH).")
+@click.option("--download", is_flag=True, help="Let torchvision download CIFAR into PATH (needs a network).")
+@click.option("--preset", default=None, help="Training scale: smoke (tests, seconds per step), demo (default on "
+              "synthetic data: the 16 steps up to bn_to_ln in about 7 minutes on 2 CPU cores), proxy (one GPU, "
+              "lower resolution), paper (ImageNet-1k protocol; default on real data).")
+@click.option("--epochs", type=int, help="Override the preset's epochs (schedules scale with it).")
+@click.option("--batch-size", type=int, help="Override the effective batch (images per optimizer step, all "
+              "processes together); the learning rate scales linearly with it.")
+@click.option("--micro-batch", type=int, help="Images per process per forward pass, hence per BatchNorm statistic; "
+              "the rest of the effective batch comes from gradient accumulation. Default: the preset's (paper and "
+              "proxy: the original runs' per-GPU batch, classic 32 and modern 128; smoke and demo: a process's whole "
+              "share of the batch).")
+@click.option("--image-size", type=int, help="Override the training/evaluation resolution (pixels).")
+@click.option("--width-mult", type=float, help="Override the uniform width multiplier of every network.")
+@click.option("--lr", type=float, help="Override the peak learning rate (after batch scaling).")
+@click.option("--workers", type=int,
+              help="Data-loader worker processes per training process (default: the preset's). With 0 the training "
+              "process augments images itself and keeps them for later steps with the same data and recipe.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; each step trains once per seed.")
+@click.option("--report", type=click.Choice(["last", "best"]), default="last", show_default=True,
+              help="Which top-1 the results table, the Δs and the figures use: the last epoch's, or the best "
+              "epoch's (the official ConvNeXt script's max_accuracy). Both are recorded for every run.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="Where to train; auto picks CUDA when available.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default=None,
+              help="bf16 runs the forward pass under torch.autocast. Default: the preset's on CUDA (proxy: bf16; "
+              "paper: fp32 as the original runs, TF32 on CUDA), fp32 on the CPU.")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="Use the channels_last memory format. Default: the preset's (demo, proxy, paper: on).")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile each network.")
+@click.option("--sync-bn", is_flag=True, help="Under torchrun, convert BatchNorm to SyncBatchNorm.")
+@click.option("--launcher", type=click.Choice(["inline", "local", "slurm"]), default="inline", show_default=True,
+              help="Where the (step, seed) runs train: inline (one after another in this process, or in the "
+              "processes of torchrun), local (submitit jobs on this machine, one GPU each), slurm (one SLURM job "
+              "array through submitit; run the same command again to re-attach).")
+@click.option("--max-parallel", type=int, help="Jobs running at once. local: default one per visible GPU (one on a "
+              "CPU-only machine); slurm: the array's throttle (default: no limit).")
+@click.option("--nodes", type=int, default=1, show_default=True, help="slurm: nodes per job.")
+@click.option("--gpus-per-node", type=int, default=1, show_default=True,
+              help="local/slurm: GPUs per node of a job, one training process each (on a CPU-only machine: "
+              "processes per node).")
+@click.option("--cpus-per-task", type=int, help="local/slurm: CPU cores per training process (default: the "
+              "preset's loader workers + 1).")
+@click.option("--mem-gb", type=int, help="slurm: memory per node, GiB (default: the cluster's).")
+@click.option("--timeout-min", type=int, default=24 * 60, show_default=True,
+              help="local/slurm: wall-time limit of one job attempt, minutes; a job reaching it is requeued and "
+              "resumes from its last epoch checkpoint.")
+@click.option("--slurm-partition", help="slurm: partition (default: the cluster's default).")
+@click.option("--slurm-option", "slurm_options", multiple=True, metavar="KEY=VALUE",
+              help="slurm: passed to sbatch as --KEY=VALUE (account, qos, constraint, ...); repeatable.")
+@click.option("--no-wait", is_flag=True, help="local/slurm: return once the jobs are submitted (slurm) instead of "
+              "following them; the same command later re-attaches and writes the results.")
+@click.option("--tracking-uri", help="MLflow tracking store: sqlite:///PATH, http://HOST:PORT of an `mlflow "
+              "server` (needed when jobs run on several machines) or a directory (file store). Default: MLflow's "
+              "own default, sqlite:///mlflow.db in this directory.")
+@click.option("--experiment", help="MLflow experiment name. Default: the roadmap's name.")
+@click.option("--force", is_flag=True, help="Re-run steps that already have a finished run with the same "
+              "configuration (and discard their checkpoints).")
+@click.option("--checkpoint-dir", type=click.Path(path_type=Path), default=Path("checkpoints"), show_default=True,
+              help="Where each (step, seed) keeps its per-epoch checkpoint, weights and predictions, and a launch "
+              "its job records; on a cluster, a folder every node can write.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True,
+              help="Where results/<experiment>/ (roadmap.csv, roadmap.md and the figures) is written after the study.")
+@click.option("--benchmark", is_flag=True, help="Measure each step's training and evaluation throughput (img/s) "
+              "and peak memory instead of training; recorded in MLflow and the results table.")
+@click.option("--bench-batch-size", type=int, default=32, show_default=True, help="Batch size of --benchmark.")
+@click.option("--bench-repeats", type=int, default=5, show_default=True,
+              help="Timed repeats of --benchmark (the median is reported, the spread is the noise).")
+@click.option("--steps-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Folder holding the roadmaps (default: the roadmaps this project ships).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def main(**options: Any) -> int:
+    """Run the ResNet -> ConvNeXt modernization study step by step.
+
+    Every step of the roadmap is trained and evaluated (per seed) as a nested MLflow run, and the
+    results land in results/<experiment>/ (roadmap.csv, roadmap.md, the roadmap chart and accuracy vs
+    GMACs), also logged on the study's parent run. Rerunning the same command skips finished steps and
+    resumes interrupted ones from their last epoch. Installed as `run-ablation`.
+
+    \b
+    Examples:
+      python run_ablation.py --list-steps
+      python run_ablation.py --upto bn_to_ln --dry-run
+      python run_ablation.py --upto bn_to_ln                  # demo preset on built-in synthetic data
+      python run_ablation.py --upto kernel_7 --preset smoke --seeds 0,1,2
+      torchrun --nproc_per_node=2 run_ablation.py --preset smoke --upto stage_ratio
+      python run_ablation.py --preset smoke --upto stage_ratio --seeds 0,1 --launcher slurm --cpus-per-task 1
+    """
+    if options["list_roadmaps"]:
+        for name in list_roadmaps(options["steps_dir"]):
+            roadmap = load_roadmap(name, options["steps_dir"])
+            click.echo(f"{name:<26} {len(roadmap.steps):>2} steps  {roadmap.title}")
+        return 0
+    roadmap = load_roadmap(options["roadmap_name"], options["steps_dir"])
+    steps = roadmap.upto(options["upto"]) if options["upto"] else list(roadmap.steps)
+    seeds = parse_int_list(options["seeds"], "--seeds")
+    if options["list_steps"] or options["dry_run"]:
+        return _plan(roadmap, steps, seeds, options)
+    study = study_options(roadmap, steps, seeds, options)
+    from ..study.launch import check_launch
+
+    check_launch(study)
+    if options["benchmark"]:
+        from ..study.benchmark import run_benchmark
+
+        return run_benchmark(study)
+    from ..study.study import run_study
+
+    return run_study(study)
+
+
+def _plan(roadmap, steps, seeds, options: dict[str, Any]) -> int:
+    from ..study.plan import format_plan_json, format_plan_table, plan_rows, with_training
+
+    # The paper's scale unless asked; `or` would turn an invalid 0 into the default instead of refusing it.
+    image_size = 224 if options["image_size"] is None else options["image_size"]
+    width = 1.0 if options["width_mult"] is None else options["width_mult"]
+    rows = plan_rows(list(roadmap.steps) if options["list_steps"] else steps, image_size, width)
+    if options["dry_run"]:  # the plan of a study that would start: every option checked as a run checks it
+        from ..study.launch import check_launch
+        from ..study.study import validate_study
+
+        study = study_options(roadmap, steps, seeds, options)
+        validate_study(study)
+        check_launch(study)
+        rows = with_training(rows, study)
+    click.echo(format_plan_json(rows) if options["as_json"] else
+               format_plan_table(rows, roadmap.title, image_size, width))
+    return 0
+
+
+def study_options(roadmap, steps, seeds, options: dict[str, Any]):
+    """StudyOptions from this command's options (every value checked by the dataclasses it builds)."""
+    import torch
+
+    from ..spec import DataSpec
+    from ..study.options import BenchSettings, LaunchSettings, RunSettings, ScaleOverrides, StudyOptions
+    from ..study.presets import get_preset
+
+    data = DataSpec(source=options["data"], download=options["download"])
+    preset = get_preset(options["preset"] or ("demo" if data.kind == "synthetic" else "paper"))
+    device = options["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    run = RunSettings(
+        device=device,
+        # bf16 autocast is for GPUs: on a CPU without bf16 units it runs ~15x slower than fp32.
+        precision=options["precision"] or (preset.precision if device == "cuda" else "fp32"),
+        channels_last=preset.channels_last if options["channels_last"] is None else options["channels_last"],
+        compile=options["compile_model"], sync_batchnorm=options["sync_bn"], progress=not options["no_progress"],
+    )
+    launch = LaunchSettings(
+        launcher=options["launcher"], max_parallel=options["max_parallel"], nodes=options["nodes"],
+        gpus_per_node=options["gpus_per_node"], cpus_per_task=options["cpus_per_task"], mem_gb=options["mem_gb"],
+        timeout_min=options["timeout_min"], slurm_partition=options["slurm_partition"],
+        slurm_options=parse_key_values(options["slurm_options"], "--slurm-option"), wait=not options["no_wait"],
+    )
+    overrides = ScaleOverrides(
+        epochs=options["epochs"], batch_size=options["batch_size"], image_size=options["image_size"],
+        width_multiplier=options["width_mult"], lr=options["lr"], workers=options["workers"],
+        micro_batch=options["micro_batch"],
+    )
+    return StudyOptions(
+        roadmap=roadmap, steps=tuple(steps), seeds=tuple(seeds), preset=preset, data=data, overrides=overrides,
+        run=run, launch=launch, bench=BenchSettings(options["bench_batch_size"], options["bench_repeats"]),
+        tracking_uri=options["tracking_uri"], experiment=options["experiment"] or roadmap.name,
+        force=options["force"], checkpoint_dir=options["checkpoint_dir"], results_dir=options["results_dir"],
+        report=options["report"],
+    )

@@ -1,0 +1,378 @@
+"""Drawing the study's figures with matplotlib: roadmap chart (Figure 2), accuracy vs GMACs and vs throughput."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+# Figures are built with matplotlib's object API, never pyplot: no GUI backend, no global figure state.
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.transforms import blended_transform_factory
+
+from .plot_data import (
+    AccuracyVsGmacsData,
+    AccuracyVsThroughputData,
+    ChartRow,
+    GroupSpan,
+    Reference,
+    RoadmapChartData,
+    SummaryError,
+    Trajectory,
+    significance_legend,
+)
+
+FORMATS = ("png", "svg", "pdf")
+
+STUDY_COLOR = "#3b6fb6"
+EXPLORED_COLOR = "#9db7dd"
+PAPER_COLOR = "#e07b39"
+REFERENCE_COLOR = "#6b6b6b"
+EMPTY_COLOR = "#9a9a9a"
+BAND_COLOR = "#f2f2f2"
+
+
+# ------------------------------------------------------------------------------------------- drawing
+
+
+def draw_roadmap_chart(data: RoadmapChartData) -> Figure:
+    """Figure 2 of the paper: one horizontal bar per step, grouped by design stage, top to bottom."""
+    rows = data.rows
+    n_panels = 2 if data.paper_panel else 1
+    fig = Figure(figsize=(4.0 + 5.6 * n_panels, 1.9 + 0.34 * len(rows)), layout="constrained")
+    axes = fig.subplots(1, 1 + n_panels, width_ratios=[0.5] + [2.6] * n_panels)
+    group_axis, main = axes[0], axes[1]
+    for ax in axes:  # shared by hand: subplots(sharey=True) would hide the step names of the bar axis
+        if ax is not main:
+            ax.sharey(main)
+    positions = list(range(len(rows)))
+
+    _draw_groups(group_axis, data.groups)
+    _draw_bars(main, rows, data.groups, data.xlim, annotate_in_column=data.paper_markers)
+    main.set_yticks(positions, [row.label for row in rows])
+    main.set_ylim(len(rows) - 0.4, -1.3)  # first step on top; a spare row above for the reference label
+    main.set_xlim(*data.xlim)
+    if data.label.from_paper:
+        main.set_xlabel(f"{data.label.paper_dataset} top-1 accuracy (%)")
+        _draw_reference(main, data.reference)
+    else:
+        main.set_xlabel(f"top-1 accuracy (%), this study · {data.label.dataset or 'unknown data'}")
+    if data.paper_markers:
+        _draw_paper_markers(main, rows)
+        _draw_reference(main, data.reference)
+    if data.paper_panel:
+        paper_axis = axes[2]
+        paper_rows = [row.as_paper_row() for row in rows]
+        _draw_bars(paper_axis, paper_rows, data.groups, data.paper_xlim, annotate_in_column=False)
+        paper_axis.set_xlim(*data.paper_xlim)
+        paper_axis.tick_params(axis="y", left=False, labelleft=False)
+        paper_axis.set_xlabel(f"{data.label.paper_dataset} top-1 accuracy (%), {data.label.paper_source}")
+        paper_axis.set_title(f"{data.label.paper_source}, {data.label.paper_dataset}, for comparison", fontsize=9)
+        main.set_title("this study", fontsize=9)
+        _draw_reference(paper_axis, data.reference)
+
+    main.tick_params(axis="y", labelsize=9)
+    fig.suptitle(data.title, fontweight="bold")
+    caption = data.label.caption
+    if any(row.paper_note for row in rows) and (data.label.from_paper or data.paper_panel):
+        caption += "\n* GFLOPs as published; the step's conv + linear MACs differ (see the note in its step file)"
+    _caption_legend(fig, caption, _roadmap_legend(data))
+    return fig
+
+
+def _draw_groups(ax, groups: Sequence[GroupSpan]) -> None:
+    """Figure 2's section names in the left margin, each with a bracket over its rows."""
+    ax.set_xlim(0, 1)
+    ax.axis("off")
+    for span in groups:
+        top, bottom = span.first_row - 0.35, span.last_row + 0.35
+        ax.plot([0.97, 1.0, 1.0, 0.97], [top, top, bottom, bottom], color="#555555", lw=1, clip_on=False)
+        ax.text(0.93, (span.first_row + span.last_row) / 2, span.name, ha="right", va="center", fontsize=9,
+                fontweight="bold", color="#333333", wrap=True)
+
+
+def _draw_bars(ax, rows: Sequence[ChartRow], groups: Sequence[GroupSpan], xlim: tuple[float, float],
+               annotate_in_column: bool) -> None:
+    """Bars from the left edge to each row's top-1, ± std, annotated with GMACs and params; empty slots."""
+    left, right = xlim
+    column_transform = blended_transform_factory(ax.transAxes, ax.transData)
+    background = ["white"] * len(rows)
+    for index, span in enumerate(groups):
+        if index % 2:  # every other design stage on a grey band
+            ax.axhspan(span.first_row - 0.5, span.last_row + 0.5, color=BAND_COLOR, zorder=0, lw=0)
+            background[span.first_row:span.last_row + 1] = [BAND_COLOR] * (span.last_row - span.first_row + 1)
+    for y, row in enumerate(rows):
+        if not row.drawn:
+            ax.barh(y, right - left, left=left, height=0.62, facecolor="none", edgecolor=EMPTY_COLOR,
+                    linestyle="--", lw=1, zorder=2)
+            ax.text((left + right) / 2, y, row.empty_text, ha="center", va="center", fontsize=8,
+                    style="italic", color=EMPTY_COLOR, zorder=3)
+            continue
+        std = row.top1_std if math.isfinite(row.top1_std) else None
+        ax.barh(
+            y, row.top1 - left, left=left, height=0.62, zorder=2,
+            color=STUDY_COLOR if row.adopted else EXPLORED_COLOR, edgecolor=STUDY_COLOR, lw=0.8,
+            hatch="////" if row.hatched else None,
+            xerr=std, error_kw={"ecolor": "#222222", "elinewidth": 1, "capsize": 2.5, "zorder": 4},
+        )
+        text = row.annotation
+        if annotate_in_column:
+            ax.text(1.01, y, f"{row.top1:.2f} · {text}", transform=column_transform, ha="left", va="center",
+                    fontsize=7.5, color="#333333")
+        else:
+            ax.annotate(f"{row.top1:.2f}   {text}".rstrip(), (row.top1 + (std or 0.0), y), xytext=(4, 0),
+                        textcoords="offset points", ha="left", va="center", fontsize=7.5, color="#222222", zorder=5,
+                        bbox={"facecolor": background[y], "edgecolor": "none", "pad": 0.6})  # hides lines behind
+    if annotate_in_column:
+        ax.text(1.01, -0.9, "top-1 · GMACs · params", transform=column_transform, ha="left", va="center", fontsize=7.5,
+                fontweight="bold", color="#333333")
+    ax.grid(axis="x", color="#dddddd", lw=0.6, zorder=0)
+    ax.set_axisbelow(True)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+
+
+def _draw_paper_markers(ax, rows: Sequence[ChartRow]) -> None:
+    for y, row in enumerate(rows):
+        if math.isfinite(row.paper_top1):
+            ax.plot(row.paper_top1, y, marker="D", markersize=5.5, markerfacecolor=PAPER_COLOR,
+                    markeredgecolor="white", markeredgewidth=0.8, zorder=6, linestyle="none")
+
+
+def _draw_reference(ax, reference: Reference | None) -> None:
+    if reference is None:
+        return
+    ax.axvline(reference.top1, color=REFERENCE_COLOR, linestyle="--", lw=1.1, zorder=1)
+    ax.text(reference.top1, -0.9, f" {reference.label} ", ha="center", va="center", fontsize=8,
+            color=REFERENCE_COLOR, bbox={"facecolor": "white", "edgecolor": "none", "pad": 1}, zorder=5)
+
+
+def _roadmap_legend(data: RoadmapChartData) -> list:
+    seeds = max(data.label.seeds, default=0)
+    handles = [
+        Patch(facecolor=STUDY_COLOR, edgecolor=STUDY_COLOR, label="adopted"),
+        Patch(facecolor=EXPLORED_COLOR, edgecolor=STUDY_COLOR, hatch="////", label="explored, not adopted"),
+    ]
+    if data.label.from_paper and data.label.paper_has_std:
+        handles.append(Line2D([], [], color="#222222", marker="|", linestyle="-", label="± 1 std (published)"))
+    elif seeds > 1 and not data.label.from_paper:
+        handles.append(Line2D([], [], color="#222222", marker="|", linestyle="-", label=f"± 1 std ({seeds} seeds)"))
+    if data.paper_markers:
+        handles.append(Line2D([], [], marker="D", color=PAPER_COLOR, linestyle="none", label=data.label.paper_source))
+    if any(not row.drawn for row in data.rows):
+        handles.append(Patch(facecolor="none", edgecolor=EMPTY_COLOR, linestyle="--", label="no result"))
+    marks = significance_legend(data.rows)
+    if marks:
+        handles.append(Line2D([], [], linestyle="none", label=marks))
+    return handles
+
+
+def draw_accuracy_vs_gmacs(data: AccuracyVsGmacsData) -> Figure:
+    """Each step as a point: the adopted path joined by arrows, explored branches dashed off their parent."""
+    n_panels = 2 if data.paper_panel else 1
+    fig = Figure(figsize=(7.5 * n_panels, 6.0), layout="constrained")
+    axes = fig.subplots(1, n_panels, squeeze=False)
+    study_axis = axes[0][0]
+    paper_axis = axes[0][1] if data.paper_panel else study_axis
+    if data.study is not None:
+        _draw_trajectory(study_axis, data.study, STUDY_COLOR)
+    if data.paper.points:
+        _draw_trajectory(paper_axis, data.paper, PAPER_COLOR if data.study is not None else STUDY_COLOR)
+    if data.reference is not None and math.isfinite(data.reference.gflops):
+        paper_axis.plot(data.reference.gflops, data.reference.top1, marker="*", markersize=12, color=REFERENCE_COLOR,
+                        linestyle="none", label=f"{data.reference.name} (reference)")
+    for ax in dict.fromkeys([study_axis, paper_axis]):
+        ax.set_xlabel("GMACs (G multiply-accumulates, conv + linear)")
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(color="#e5e5e5", lw=0.6)
+    if data.paper_panel:
+        study_axis.set_title(f"this study · {data.label.dataset}", fontsize=9)
+        paper_axis.set_title(f"{data.label.paper_source}, {data.label.paper_dataset}", fontsize=9)
+    fig.suptitle(data.title, fontweight="bold")
+    caption = data.label.caption
+    if data.study is not None and any(math.isfinite(p.y_low) for p in data.study.points):
+        caption += f"\n{INTERVAL_CAPTION}"
+    _caption_legend(fig, caption)
+    if data.paper_panel:
+        _label_points(fig, [(study_axis, [data.study]), (paper_axis, [data.paper])])
+    else:
+        _label_points(fig, [(study_axis, [t for t in (data.study, data.paper) if t is not None and t.points])])
+    return fig
+
+
+def draw_accuracy_vs_throughput(data: AccuracyVsThroughputData) -> Figure:
+    """Top-1 against measured throughput (the cost the paper never reported per step)."""
+    n_panels = len(data.panels)
+    fig = Figure(figsize=(7.0 * n_panels, 5.5), layout="constrained")
+    axes = fig.subplots(1, n_panels, squeeze=False)
+    for ax, panel in zip(axes[0], data.panels):
+        _draw_trajectory(ax, panel.trajectory, STUDY_COLOR)
+        ax.set_xlabel(panel.xlabel)
+        ax.set_ylabel("top-1 accuracy (%)")
+        ax.grid(color="#e5e5e5", lw=0.6)
+    fig.suptitle(data.title, fontweight="bold")
+    _caption_legend(fig, data.label.caption)
+    _label_points(fig, [(ax, [panel.trajectory]) for ax, panel in zip(axes[0], data.panels)])
+    return fig
+
+
+INTERVAL_CAPTION = ("error bars: 95 % interval of a step's top-1, Student's t over its seeds, or with one seed "
+                    "Wilson's over its validation images (evaluation noise only)")
+
+
+def _draw_trajectory(ax, trajectory: Trajectory, color: str) -> None:
+    with_bars = [p for p in trajectory.points if math.isfinite(p.y_low) and math.isfinite(p.y_high)]
+    if with_bars:
+        ax.errorbar([p.x for p in with_bars], [p.y for p in with_bars],
+                    yerr=[[p.y - p.y_low for p in with_bars], [p.y_high - p.y for p in with_bars]],
+                    fmt="none", ecolor=color, elinewidth=0.9, capsize=2.5, alpha=0.7, zorder=1)
+    adopted = [p for p in trajectory.points if p.adopted]
+    explored = [p for p in trajectory.points if not p.adopted]
+    ax.plot([p.x for p in adopted], [p.y for p in adopted], marker="o", markersize=6, color=color, linestyle="none",
+            label=f"{trajectory.name}: adopted")
+    ax.plot([p.x for p in explored], [p.y for p in explored], marker="o", markersize=6, markerfacecolor="white",
+            markeredgecolor=color, markeredgewidth=1.4, linestyle="none", label=f"{trajectory.name}: explored")
+    for edges, style in ((trajectory.adopted_path, "-"), (trajectory.branches, "--")):
+        for start, end in edges:
+            a, b = trajectory.point(start), trajectory.point(end)
+            ax.annotate("", xy=(b.x, b.y), xytext=(a.x, a.y), arrowprops={
+                "arrowstyle": "-|>", "color": color, "lw": 1.1, "linestyle": style, "shrinkA": 4, "shrinkB": 4,
+                "mutation_scale": 10})
+    ax.margins(x=0.12, y=0.08)
+
+
+# Where a point's name may go, in points from the point: (dx, dy, horizontal, vertical alignment).
+LABEL_SPOTS = (
+    (6, 0, "left", "center"), (-6, 0, "right", "center"), (0, 6, "center", "bottom"), (0, -6, "center", "top"),
+    (5, 5, "left", "bottom"), (-5, 5, "right", "bottom"), (5, -5, "left", "top"), (-5, -5, "right", "top"),
+    (12, 10, "left", "bottom"), (-12, 10, "right", "bottom"), (12, -10, "left", "top"), (-12, -10, "right", "top"),
+    (22, 18, "left", "bottom"), (-22, 18, "right", "bottom"), (22, -18, "left", "top"), (-22, -18, "right", "top"),
+)
+# Names placed this far (points) from their point get a thin leader line to it.
+LEADER_DISTANCE = 10
+
+
+def _label_points(fig: Figure, panels: Sequence[tuple[object, Sequence[Trajectory]]]) -> None:
+    """Name every point, each name at the spot that overlaps the fewest names, markers and arrows so far.
+
+    `panels` pairs each axes with the trajectories drawn on it. Run after everything else is drawn: it
+    lays the figure out once to know where the points land.
+    """
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw_without_rendering()  # settles the layout, hence the data -> pixel transform
+    pixels_per_point = fig.dpi / 72
+    for ax, trajectories in panels:
+        to_pixels = ax.transData.transform
+        radius = 6 * pixels_per_point  # a marker and a margin around it
+        obstacles: list[tuple[float, float, float, float]] = []  # (x0, y0, x1, y1) in pixels
+        markers: list[tuple[float, float, float, float]] = []
+        for trajectory in trajectories:
+            for point in trajectory.points:
+                x, y = to_pixels((point.x, point.y))
+                markers.append((x - radius, y - radius, x + radius, y + radius))
+        obstacles.extend(markers)
+        for trajectory in trajectories:
+            for start, end in trajectory.adopted_path + trajectory.branches:
+                (x0, y0), (x1, y1) = to_pixels([(trajectory.point(start).x, trajectory.point(start).y),
+                                                (trajectory.point(end).x, trajectory.point(end).y)])
+                for t in (i / 12 for i in range(1, 12)):
+                    x, y = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
+                    obstacles.append((x - 1.5, y - 1.5, x + 1.5, y + 1.5))
+        frame = tuple(ax.get_window_extent(renderer).extents)
+        for trajectory in trajectories:
+            for point in trajectory.points:
+                probe = ax.annotate(point.label, (point.x, point.y), fontsize=7)
+                extent = probe.get_window_extent(renderer)
+                probe.remove()
+                anchor = to_pixels((point.x, point.y))
+                best_cost, best_spot, best_box = math.inf, LABEL_SPOTS[0], frame
+                for spot in LABEL_SPOTS:
+                    box = _label_box(anchor, spot, extent.width, extent.height, pixels_per_point)
+                    area = (box[2] - box[0]) * (box[3] - box[1])
+                    cost = sum(_overlap(box, other) for other in obstacles) + 10 * (area - _overlap(box, frame))
+                    cost += area * _leader_crossings(anchor, spot, pixels_per_point, markers)
+                    if cost < best_cost - 1e-9:
+                        best_cost, best_spot, best_box = cost, spot, box
+                dx, dy, horizontal, vertical = best_spot
+                leader = {"arrowstyle": "-", "color": "#999999", "lw": 0.5, "shrinkA": 1, "shrinkB": 3}
+                ax.annotate(point.label, (point.x, point.y), xytext=(dx, dy), textcoords="offset points",
+                            ha=horizontal, va=vertical, fontsize=7, color="#333333", zorder=5,
+                            arrowprops=leader if max(abs(dx), abs(dy)) >= LEADER_DISTANCE else None)
+                obstacles.append(best_box)
+
+
+def _leader_crossings(anchor, spot, pixels_per_point: float, markers: Sequence[tuple[float, ...]]) -> int:
+    """How many other points a leader line from `anchor` to a label at `spot` would pass over."""
+    dx, dy = spot[0] * pixels_per_point, spot[1] * pixels_per_point
+    if max(abs(spot[0]), abs(spot[1])) < LEADER_DISTANCE:
+        return 0
+    samples = [(anchor[0] + t * dx, anchor[1] + t * dy) for t in (0.4, 0.55, 0.7, 0.85, 1.0)]
+    return sum(
+        any(box[0] <= x <= box[2] and box[1] <= y <= box[3] for x, y in samples)
+        for box in markers
+        if not box[0] <= anchor[0] <= box[2] or not box[1] <= anchor[1] <= box[3]  # not the point's own marker
+    )
+
+
+def _label_box(anchor, spot, width: float, height: float, pixels_per_point: float) -> tuple[float, ...]:
+    """The pixel box of a label of the given size placed at `spot` from `anchor`."""
+    dx, dy, horizontal, vertical = spot
+    x = anchor[0] + dx * pixels_per_point - {"left": 0.0, "center": width / 2, "right": width}[horizontal]
+    y = anchor[1] + dy * pixels_per_point - {"bottom": 0.0, "center": height / 2, "top": height}[vertical]
+    return (x, y, x + width, y + height)
+
+
+def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    """The area two (x0, y0, x1, y1) boxes share."""
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    return width * height if width > 0 and height > 0 else 0.0
+
+
+def _caption_legend(fig: Figure, caption: str, handles: list | None = None) -> None:
+    """One legend below the panels, titled with the caption (data set, preset, seeds, MAC convention)."""
+    if handles is None:  # every labelled marker set of every panel, once
+        lines = [line for ax in fig.axes for line in ax.get_lines() if len(line.get_xdata())]
+        handles = list({line.get_label(): line for line in lines if not line.get_label().startswith("_")}.values())
+    legend = fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5) or 1, fontsize=8,
+                        frameon=False, title=caption, title_fontsize=8)
+    legend.get_title().set_color("#444444")
+
+
+# --------------------------------------------------------------------------------------------- files
+
+
+def save_figure(
+    fig: Figure, out_dir: Path | str, stem: str, formats: Sequence[str] = ("png", "svg"), dpi: int = 200
+) -> list[Path]:
+    """Write `out_dir/stem.<format>` for each format; return the paths written."""
+    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    if unknown:
+        raise SummaryError(f"unknown figure format {unknown[0]!r}; valid formats: {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out / f"{stem}.{fmt}"
+        fig.savefig(path, dpi=dpi if fmt == "png" else None)
+        paths.append(path)
+    return paths
+
+
+def draw_figures(summary, roadmap, out_dir: Path | str, formats: Sequence[str] = ("png", "svg"),
+                 dpi: int = 200) -> list[tuple[str, list[Path], str]]:
+    """Every figure of a summary into `out_dir`: (stem, files written, why it was skipped) per figure."""
+    from .plot_data import accuracy_vs_gmacs_data, accuracy_vs_throughput_data, roadmap_chart_data
+
+    gmacs = accuracy_vs_gmacs_data(summary, roadmap)
+    throughput = accuracy_vs_throughput_data(summary, roadmap)
+    figures = [
+        ("roadmap", draw_roadmap_chart(roadmap_chart_data(summary, roadmap)), ""),
+        ("accuracy_vs_gmacs", gmacs and draw_accuracy_vs_gmacs(gmacs), "no step has both GMACs and a top-1"),
+        ("accuracy_vs_throughput", throughput and draw_accuracy_vs_throughput(throughput),
+         "no step recorded a throughput (run_ablation.py --benchmark measures it)"),
+    ]
+    return [(stem, save_figure(figure, out_dir, stem, formats, dpi=dpi) if figure is not None else [],
+             why_not if figure is None else "") for stem, figure, why_not in figures]

@@ -1,0 +1,297 @@
+"""The numbers each figure draws (roadmap.report.figure_data), from a results summary or the paper's numbers."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from ..errors import SpecError
+from ..schema import Status
+from .figure_data import (
+    MAC_CONVENTION,
+    SIGNIFICANT_DOWN,
+    SIGNIFICANT_UP,
+    AccuracyVsGmacsData,
+    AccuracyVsThroughputData,
+    ChartRow,
+    GroupSpan,
+    Point,
+    Reference,
+    RoadmapChartData,
+    StudyLabel,
+    ThroughputPanel,
+    Trajectory,
+)
+from .results import SUMMARY_COLUMNS
+from .stats import CONFIDENCE_LEVEL
+
+if TYPE_CHECKING:
+    from ..steps import Roadmap
+
+# The columns of results/<experiment>/roadmap.csv that the figures read.
+PLOT_COLUMNS = (
+    "roadmap", "step", "n_seeds", "status", "report", "top1_mean", "top1_std", "top1_ci_low", "top1_ci_high",
+    "delta_top1", "delta_ci_low", "delta_ci_high", "delta_test", "params", "gmacs",
+    "train_img_per_s", "eval_img_per_s", "bench_train_img_per_s", "bench_eval_img_per_s",
+    "paper_top1", "paper_top1_std", "paper_gflops", "dataset", "data_kind", "preset",
+)
+# What the chart's significance marks and the scatter's error bars mean, per test.
+TEST_LABELS = {"welch": "Welch's t-test over seeds", "mcnemar": "McNemar / paired bootstrap over one seed's images"}
+# The paper's numbers share our axis only when our accuracies lie within this many points of theirs.
+SHARED_SCALE_MARGIN = 5.0
+
+
+class SummaryError(SpecError):
+    """A summary table the figures cannot read; the message names what is wrong."""
+
+
+# ------------------------------------------------------------------------------------- summary → data
+
+
+def check_summary(summary: pd.DataFrame, source: str = "summary") -> None:
+    """Raise SummaryError (one line) when the summary lacks a column the figures read."""
+    missing = [column for column in PLOT_COLUMNS if column not in summary.columns]
+    if missing:
+        raise SummaryError(
+            f"{source} lacks columns: {', '.join(missing)}; a roadmap summary has: {', '.join(SUMMARY_COLUMNS)}"
+        )
+
+
+def paper_summary(roadmap: Roadmap) -> pd.DataFrame:
+    """A summary holding only the paper's numbers (status "paper"), from the roadmap's step files."""
+    rows = []
+    for step in roadmap.steps:
+        row: dict[str, object] = {column: math.nan for column in SUMMARY_COLUMNS}
+        row.update(
+            roadmap=roadmap.name, order=step.order, step=step.name, group=step.group, adopted=step.adopted,
+            parent=step.parent, n_seeds=0, seeds="", status="paper",
+            paper_top1=step.paper.get("top1", math.nan), paper_top1_std=step.paper.get("top1_std", math.nan),
+            paper_gflops=step.paper.get("gflops", math.nan), dataset=roadmap.dataset, data_kind="",
+            preset="paper", report="", delta_test="",
+        )
+        rows.append(row)
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def study_label(summary: pd.DataFrame, roadmap: Roadmap) -> StudyLabel:
+    from_paper = bool(len(summary)) and bool((summary["status"] == Status.PAPER).all())
+    with_results = summary[summary["status"].isin([Status.FINISHED, Status.PARTIAL])
+                           & (summary["n_seeds"].fillna(0) > 0)]
+    return StudyLabel(
+        dataset=_first_text(summary["dataset"]),
+        data_kind=_first_text(summary["data_kind"]),
+        preset=_first_text(summary["preset"]),
+        seeds=tuple(sorted({int(n) for n in with_results["n_seeds"]})),
+        from_paper=from_paper,
+        paper_source=roadmap.paper_source,
+        paper_dataset=roadmap.dataset or "the paper's data",
+        paper_has_std=bool(summary["paper_top1_std"].notna().any()),
+        report=_first_text(summary["report"]) or "last",
+    )
+
+
+def roadmap_chart_data(summary: pd.DataFrame, roadmap: Roadmap) -> RoadmapChartData:
+    """The bars, error bars, paper markers, groups and reference line of the roadmap chart.
+
+    Scales: when the study ran on real (not synthetic, not CIFAR) data and every accuracy lies within
+    SHARED_SCALE_MARGIN points of the paper's, both share one axis: the paper is a marker on each row and
+    "top-1 · GMACs · params" a column right of the axes. Otherwise the paper's bars get their own panel
+    beside ours, each panel with its own x-scale, so that neither squashes the other. For a summary
+    from paper_summary() the bars are the paper's.
+    """
+    by_step = _rows_by_step(summary, roadmap)
+    label = study_label(summary, roadmap)
+    rows = []
+    for step in roadmap.steps:
+        record = by_step.get(step.name, {})
+        paper = (_number(record, "paper_top1"), _number(record, "paper_top1_std"), _number(record, "paper_gflops"))
+        if label.from_paper:
+            ours = (paper[0], paper[1], paper[2], math.nan)
+        else:
+            ours = tuple(_number(record, key) for key in ("top1_mean", "top1_std", "gmacs", "params"))
+        rows.append(ChartRow(
+            step=step.name, label=step.name.replace("_", " "), group=step.group, adopted=step.adopted,
+            status=str(record.get("status", "missing")), top1=ours[0], top1_std=ours[1], gmacs=ours[2],
+            params=ours[3], paper_top1=paper[0], paper_top1_std=paper[1], paper_gflops=paper[2],
+            paper_note=str(step.paper.get("note", "")), footnoted=label.from_paper and "note" in step.paper,
+            **({} if label.from_paper else _delta_fields(record)),
+        ))
+    reference = _reference(roadmap)
+    study_values = [(r.top1, r.top1_std) for r in rows if r.drawn]
+    paper_values = [(r.paper_top1, r.paper_top1_std) for r in rows if math.isfinite(r.paper_top1)]
+    paper_panel = not label.from_paper and not _shares_paper_scale(label, study_values, paper_values)
+    reference_values = [(reference.top1, math.nan)] if reference else []
+    if label.from_paper or paper_panel:
+        xlim = _bar_limits(study_values + (reference_values if label.from_paper else []))
+    else:  # annotations go in a column right of the axes: little room needed
+        xlim = _bar_limits(study_values + paper_values + reference_values, annotation_room=0.04)
+    return RoadmapChartData(
+        title=f"{roadmap.title}: the modernization roadmap" + (" (paper)" if label.from_paper else ""),
+        label=label, rows=tuple(rows), groups=_group_spans(rows), reference=reference,
+        paper_panel=paper_panel, xlim=xlim, paper_xlim=_bar_limits(paper_values + reference_values),
+    )
+
+
+def accuracy_vs_gmacs_data(summary: pd.DataFrame, roadmap: Roadmap) -> AccuracyVsGmacsData | None:
+    """Each step at (GMACs, top-1): ours (from the runs) and the paper's; None when neither has a point."""
+    by_step = _rows_by_step(summary, roadmap)
+    label = study_label(summary, roadmap)
+    paper = _trajectory(label.paper_source, roadmap, by_step, "paper_gflops", "paper_top1", from_runs=False)
+    study = None if label.from_paper else _trajectory("this study", roadmap, by_step, "gmacs", "top1_mean",
+                                                      intervals=True)
+    if not paper.points and (study is None or not study.points):
+        return None
+    paper_panel = study is not None and bool(paper.points) and not _shares_paper_scale(
+        label, [(p.y, math.nan) for p in study.points], [(p.y, math.nan) for p in paper.points]
+    )
+    return AccuracyVsGmacsData(
+        title=f"{roadmap.title}: top-1 accuracy vs GMACs", label=label, study=study, paper=paper,
+        reference=_reference(roadmap), paper_panel=paper_panel,
+    )
+
+
+def accuracy_vs_throughput_data(summary: pd.DataFrame, roadmap: Roadmap) -> AccuracyVsThroughputData | None:
+    """Top-1 vs measured throughput, one panel per kind (training, inference); None when no step has one.
+
+    A panel's x values come from the benchmark columns (bench_*) when any step has one, else from the
+    training run's own figures: one source per panel, never a mix.
+    """
+    by_step = _rows_by_step(summary, roadmap)
+    panels = []
+    for kind, bench_column, run_column in (
+        ("training", "bench_train_img_per_s", "train_img_per_s"),
+        ("inference", "bench_eval_img_per_s", "eval_img_per_s"),
+    ):
+        for column, source in ((bench_column, "benchmark"), (run_column, "measured during training")):
+            if summary[column].notna().any():
+                trajectory = _trajectory("this study", roadmap, by_step, column, "top1_mean")
+                if trajectory.points:
+                    xlabel = f"{kind} throughput (img/s, {source}; right is faster)"
+                    panels.append(ThroughputPanel(xlabel=xlabel, column=column, trajectory=trajectory))
+                    break
+    if not panels:
+        return None
+    title = f"{roadmap.title}: top-1 accuracy vs measured throughput"
+    return AccuracyVsThroughputData(title=title, label=study_label(summary, roadmap), panels=tuple(panels))
+
+
+def _rows_by_step(summary: pd.DataFrame, roadmap: Roadmap) -> dict[str, dict[str, object]]:
+    check_summary(summary)
+    other_roadmaps = sorted({str(name) for name in summary["roadmap"].dropna() if str(name)} - {roadmap.name})
+    if other_roadmaps:
+        raise SummaryError(f"summary holds roadmap {other_roadmaps[0]!r}, not {roadmap.name!r}; "
+                           f"pass --roadmap {other_roadmaps[0]} or a summary of {roadmap.name!r}")
+    names = set(roadmap.names())
+    unknown = [str(step) for step in summary["step"] if step not in names]
+    if unknown:
+        raise SummaryError(
+            f"summary has steps not in roadmap {roadmap.name!r}: {', '.join(unknown)}; "
+            f"valid steps: {', '.join(roadmap.names())}"
+        )
+    return {str(record["step"]): record for record in summary.to_dict("records")}
+
+
+def _trajectory(name: str, roadmap: Roadmap, by_step: dict, x_column: str, y_column: str,
+                from_runs: bool = True, intervals: bool = False) -> Trajectory:
+    """The steps with both numbers; with from_runs, a failed step is left out whatever it recorded.
+
+    With `intervals`, each point carries the 95 % interval of its top-1 (top1_ci_low, top1_ci_high).
+    """
+    points = []
+    for step in roadmap.steps:
+        record = by_step.get(step.name, {})
+        x, y = _number(record, x_column), _number(record, y_column)
+        failed = from_runs and record.get("status") == Status.FAILED
+        if not failed and math.isfinite(x) and math.isfinite(y):
+            low, high = (_number(record, "top1_ci_low"), _number(record, "top1_ci_high")) if intervals else (
+                math.nan, math.nan)
+            points.append(Point(step=step.name, label=step.name.replace("_", " "), x=x, y=y, adopted=step.adopted,
+                                y_low=low, y_high=high))
+    present = {point.step for point in points}
+    adopted = [step.name for step in roadmap.steps if step.adopted and step.name in present]
+    branches = tuple(
+        (step.parent, step.name)
+        for step in roadmap.steps
+        if not step.adopted and step.name in present and step.parent in present
+    )
+    return Trajectory(name=name, points=tuple(points), adopted_path=tuple(zip(adopted, adopted[1:])), branches=branches)
+
+
+def _reference(roadmap: Roadmap) -> Reference | None:
+    ref = roadmap.reference
+    if "top1" not in ref:
+        return None
+    return Reference(name=str(ref.get("name", "reference")), top1=float(ref["top1"]),
+                     gflops=float(ref.get("gflops", math.nan)))
+
+
+def _group_spans(rows: Sequence[ChartRow]) -> tuple[GroupSpan, ...]:
+    spans: list[GroupSpan] = []
+    for index, row in enumerate(rows):
+        if spans and spans[-1].name == row.group:
+            spans[-1] = GroupSpan(row.group, spans[-1].first_row, index)
+        else:
+            spans.append(GroupSpan(row.group, index, index))
+    return tuple(spans)
+
+
+def _delta_fields(record: dict) -> dict:
+    low, high = _number(record, "delta_ci_low"), _number(record, "delta_ci_high")
+    return {"delta": _number(record, "delta_top1"), "delta_significant": low > 0 or high < 0,
+            "delta_test": str(record.get("delta_test", "") or "")}
+
+
+def significance_legend(rows: Sequence[ChartRow]) -> str:
+    """What the ▲/▼ marks mean for the tests these rows used, e.g. "▲/▼ Δ to the parent whose 95 % interval
+    excludes 0 (Welch's t-test over seeds)"; "" when no row is marked."""
+    tests = sorted({row.delta_test for row in rows if row.delta_significant})
+    if not tests:
+        return ""
+    names = "; ".join(TEST_LABELS.get(test, test) for test in tests)
+    return (f"{SIGNIFICANT_UP}/{SIGNIFICANT_DOWN} Δ to the parent whose {100 * CONFIDENCE_LEVEL:g} % interval "
+            f"excludes 0 ({names})")
+
+
+def _shares_paper_scale(label: StudyLabel, ours: list[tuple[float, float]], paper: list[tuple[float, float]]) -> bool:
+    """Our numbers and the paper's on one axis only if the data are ImageNet-like and the accuracies are close."""
+    if label.synthetic or label.data_kind.startswith("cifar") or not ours or not paper:
+        return False
+    low, high = min(v for v, _ in paper) - SHARED_SCALE_MARGIN, max(v for v, _ in paper) + SHARED_SCALE_MARGIN
+    return all(low <= value <= high for value, _ in ours)
+
+
+def _bar_limits(values: Iterable[tuple[float, float]], annotation_room: float = 0.3) -> tuple[float, float]:
+    """x-limits for bars that start at the left edge, with room on the right for the annotations.
+
+    As in the paper's Figure 2 the left edge is not 0 but sits a quarter of the values' spread below the
+    lowest, so that differences of a few tenths of a point stay visible at any accuracy scale.
+    """
+    spans = [(v - (s if math.isfinite(s) else 0), v + (s if math.isfinite(s) else 0)) for v, s in values]
+    if not spans:
+        return (0.0, 100.0)
+    low, high = min(lo for lo, _ in spans), max(hi for _, hi in spans)
+    width = max(high - low, 1.0)
+    left = max(0.0, math.floor(low - 0.25 * width))
+    return (float(left), high + annotation_room * (high - left))
+
+
+def _number(record: dict, key: str) -> float:
+    value = record.get(key, math.nan)
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _first_text(column: pd.Series) -> str:
+    values = [str(v) for v in column.dropna().unique() if str(v)]
+    return ", ".join(values)
+
+
+
+__all__ = ["MAC_CONVENTION", "AccuracyVsGmacsData", "AccuracyVsThroughputData", "ChartRow", "GroupSpan", "Point",
+           "Reference", "RoadmapChartData", "StudyLabel", "SummaryError", "ThroughputPanel", "Trajectory",
+           "accuracy_vs_gmacs_data", "accuracy_vs_throughput_data", "check_summary", "paper_summary",
+           "roadmap_chart_data", "significance_legend", "study_label"]

@@ -1,0 +1,115 @@
+"""Typed results of training: one epoch's record, and one run's outcome (what final.json holds)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..schema import Metric, Status
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one epoch measured. Accuracies in % of the validation split; times in seconds."""
+
+    epoch: int  # 1-based
+    train_loss: float  # mean over the epoch's micro-steps (all processes)
+    lr: float  # learning rate of the epoch's last optimizer update
+    val_top1: float
+    val_top5: float  # top-k with k = min(5, classes)
+    train_img_per_s: float  # training images per second, all processes together
+    train_s: float  # the epoch's training loop
+    data_wait_s: float  # the part of train_s this process waited for batches
+
+    def metrics(self) -> dict[str, float]:
+        """The per-epoch metrics by their schema names (the epoch itself is MLflow's step)."""
+        return {key: getattr(self, key) for key in EPOCH_FIELDS}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochRecord:
+        # Files written before train_s / data_wait_s existed lack them.
+        return cls(**{field.name: values.get(field.name, math.nan) for field in dataclasses.fields(cls)})
+
+
+EPOCH_FIELDS = tuple(field.name for field in dataclasses.fields(EpochRecord) if field.name != "epoch")
+assert set(EPOCH_FIELDS) == {str(m) for m in (Metric.TRAIN_LOSS, Metric.LR, Metric.VAL_TOP1, Metric.VAL_TOP5,
+                                              Metric.TRAIN_IMG_PER_S, Metric.TRAIN_S, Metric.DATA_WAIT_S)}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The outcome of one training run.
+
+    top1/top5 (%) and train_loss are the last epoch's (NaN after a divergence, or with no epoch);
+    eval_img_per_s is the last evaluation's; wall_time_s adds up every attempt of this run,
+    interrupted ones included; peak_memory_mb is in MiB (see `peak_memory_mb` in the engine).
+    """
+
+    status: Status  # FINISHED or DIVERGED
+    reason: str  # why it diverged; "" when it finished
+    history: tuple[EpochRecord, ...]
+    resumed_from_epoch: int  # 0 for a run that started from scratch
+    top1: float
+    top5: float
+    train_loss: float
+    eval_img_per_s: float
+    peak_memory_mb: float
+    wall_time_s: float
+
+    @property
+    def epochs_completed(self) -> int:
+        return len(self.history)
+
+    @property
+    def best_epoch(self) -> EpochRecord | None:
+        """The epoch with the highest val_top1 (the earliest of equals), as the official max_accuracy."""
+        finite = [record for record in self.history if math.isfinite(record.val_top1)]
+        return max(finite, key=lambda record: (record.val_top1, -record.epoch)) if finite else None
+
+    @property
+    def top1_best(self) -> float:
+        best = self.best_epoch
+        return best.val_top1 if best else math.nan
+
+    @property
+    def top1_best_epoch(self) -> int:
+        best = self.best_epoch
+        return best.epoch if best else 0
+
+    @property
+    def train_img_per_s(self) -> float:
+        """Mean over the epochs."""
+        rates = [record.train_img_per_s for record in self.history]
+        return sum(rates) / len(rates) if rates else math.nan
+
+    @property
+    def train_s(self) -> float:
+        return sum(record.train_s for record in self.history)
+
+    @property
+    def data_wait_s(self) -> float:
+        return sum(record.data_wait_s for record in self.history)
+
+    def final_metrics(self) -> dict[str, float]:
+        """The run's final numbers by their schema names."""
+        return {
+            Metric.TOP1: self.top1, Metric.TOP5: self.top5, Metric.TOP1_BEST: self.top1_best,
+            Metric.TOP1_BEST_EPOCH: self.top1_best_epoch, Metric.TRAIN_IMG_PER_S: self.train_img_per_s,
+            Metric.EVAL_IMG_PER_S: self.eval_img_per_s, Metric.PEAK_MEMORY_MB: self.peak_memory_mb,
+            Metric.WALL_TIME_S: self.wall_time_s,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values["status"] = str(self.status)
+        values["history"] = [dataclasses.asdict(record) for record in self.history]
+        return values
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> TrainResult:
+        names = {field.name for field in dataclasses.fields(cls)}
+        kept = {key: value for key, value in values.items() if key in names}
+        kept["status"] = Status(kept["status"])
+        kept["history"] = tuple(EpochRecord.from_dict(record) for record in kept["history"])
+        return cls(**kept)
