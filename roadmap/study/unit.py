@@ -20,6 +20,7 @@ from ..models.network import build_model
 from ..schema import FINAL_RESULT, Artifact, Metric, Status, Tag
 from ..spec import DataSpec, RecipeSpec, spec_hash
 from ..training import distributed
+from ..training.checkpoint import save_json
 from ..training.engine import TrainOptions, train_and_evaluate
 from ..training.result import TrainResult
 from .claim import Claim
@@ -150,8 +151,10 @@ def _tracker(unit: UnitOfWork):
 
 def _train_unit(unit: UnitOfWork, cache: DatasetCache, tracker, world: distributed.WorldInfo) -> UnitOutcome:
     resolved, folder = unit.resolved, unit.folder
-    if unit.force and world.is_main and (folder / FINAL_RESULT).exists():
-        shutil.rmtree(folder)
+    if world.is_main:
+        if unit.force and (folder / FINAL_RESULT).exists():
+            shutil.rmtree(folder)
+        save_json(unit.config, folder / Artifact.CONFIG)  # beside the weights, for roadmap.load_trained
     distributed.barrier()
     datasets = cache.get(resolved.data, resolved.recipe)
     torch.manual_seed(unit.seed)

@@ -5,8 +5,15 @@ Nothing here imports torch.
 from .environment import environment_tags
 from .readback import TrackedRun, download_artifact, load_metric_history, load_run, load_step_runs
 from .runs import StepRun, Tracker, flatten
-from .store import DEFAULT_TRACKING_URI, TrackingError, check_tracking_uri, experiment_exists, is_shared_server
+from .store import (
+    DEFAULT_TRACKING_URI,
+    TrackingError,
+    absolute_uri,
+    check_tracking_uri,
+    experiment_exists,
+    is_shared_server,
+)
 
-__all__ = ["DEFAULT_TRACKING_URI", "StepRun", "TrackedRun", "Tracker", "TrackingError", "check_tracking_uri",
-           "download_artifact", "environment_tags", "experiment_exists", "flatten", "is_shared_server",
-           "load_metric_history", "load_run", "load_step_runs"]
+__all__ = ["DEFAULT_TRACKING_URI", "StepRun", "TrackedRun", "Tracker", "TrackingError", "absolute_uri",
+           "check_tracking_uri", "download_artifact", "environment_tags", "experiment_exists", "flatten",
+           "is_shared_server", "load_metric_history", "load_run", "load_step_runs"]

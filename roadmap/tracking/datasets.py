@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +12,7 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import get_registered_sources
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.types.schema import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -39,10 +41,23 @@ class ImageDataset(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 
+# Two runs that log the same new dataset at once both insert it, and the second insert breaks a unique
+# constraint (MLflow 3.17 checks, then inserts); on a retry the dataset exists and only the inputs are added.
+DATASET_RETRIES = 5
+
+
 def log_datasets(client: MlflowClient, run_id: str, records: Sequence[DatasetRecord]) -> None:
     inputs = [DatasetInput(ImageDataset(record)._to_mlflow_entity(),
                            tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=record.context)]) for record in records]
-    client.log_inputs(run_id, datasets=inputs)
+    for attempt in range(DATASET_RETRIES):
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as error:
+            if "UNIQUE constraint" not in str(error) and "IntegrityError" not in str(error) \
+                    or attempt == DATASET_RETRIES - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _local_source(path: str) -> DatasetSource:

@@ -110,6 +110,18 @@ class Tracker:
         self.study_run_id = run.info.run_id
         return run.info.run_id
 
+    def reopen_study(self, run_id: str) -> bool:
+        """Mark an earlier parent run RUNNING again (a re-attached launch); False if it is gone or deleted."""
+        try:
+            run = self._client.get_run(run_id)
+        except Exception:  # MlflowException for an unknown id; the store's own errors otherwise
+            return False
+        if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id:
+            return False
+        self._client.update_run(run_id, status="RUNNING")
+        self.study_run_id = run_id
+        return True
+
     def attach_study(self, run_id: str) -> None:
         """Nest the step runs opened from now on under an existing parent run (a job of a cluster launch)."""
         self.study_run_id = run_id

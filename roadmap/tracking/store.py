@@ -57,6 +57,17 @@ def check_tracking_uri(tracking_uri: str | None) -> str:
     return uri
 
 
+def absolute_uri(tracking_uri: str | None) -> str:
+    """The URI with a local store's path made absolute, for jobs that run in another working directory."""
+    uri = check_tracking_uri(tracking_uri)
+    scheme = urlparse(uri).scheme
+    if scheme == "sqlite":
+        return f"sqlite:///{Path(sqlite_path(uri)).resolve()}"
+    if not scheme or len(scheme) == 1:  # a plain directory: MLflow's file store
+        return str(Path(uri).resolve())
+    return uri
+
+
 def sqlite_path(uri: str) -> str:
     # sqlite:///rel/path is relative to the working directory; sqlite:////abs/path is absolute.
     return uri[len("sqlite:///"):]

@@ -6,6 +6,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from submitit.core.utils import JobPaths, pickle_load
+
 
 class JobState(StrEnum):
     """A job as the launcher's table shows it."""
@@ -49,3 +51,17 @@ def log_tail_error(path: Path | None) -> str:
     if path is None or not path.exists():
         return ""
     return last_error_line(path.read_text(errors="replace")[-20_000:])
+
+
+def read_result(paths: JobPaths) -> JobResult:
+    """What a submitit job left: ("success", value) or ("error", traceback) in its result pickle, or nothing."""
+    log = paths.stderr
+    if not paths.result_pickle.exists():
+        return JobResult(error=log_tail_error(log) or "the job ended without a result", log=log)
+    try:
+        outcome, value = pickle_load(paths.result_pickle)
+    except Exception as error:  # a pickle written by another version, or cut short
+        return JobResult(error=f"unreadable result {paths.result_pickle} ({type(error).__name__})", log=log)
+    if outcome == "success":
+        return JobResult(value=value, log=log)
+    return JobResult(error=last_error_line(str(value)) or log_tail_error(log), log=log)

@@ -5,16 +5,15 @@ is free. A job's id is the process id of its submitit controller.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import FailedJobError, UncompletedJobError
+from submitit.core.utils import JobPaths
 
-from .base import JobResult, JobState, JobStatus, last_error_line, log_tail_error
+from .base import JobResult, JobState, JobStatus, read_result
 
 
 @dataclass(frozen=True)
@@ -53,25 +52,17 @@ class LocalJobs:
         return JobState.FINISHED if self._paths(job_id).result_pickle.exists() else JobState.FAILED
 
     def result(self, job_id: str) -> JobResult:
-        paths = self._paths(job_id)
-        log = paths.stderr
-        if not paths.result_pickle.exists():
-            return JobResult(error=log_tail_error(log) or "the job ended without a result", log=log)
-        job = self._jobs.get(job_id) or submitit.local.local.LocalJob(folder=self.pattern, job_id=job_id)
-        try:
-            return JobResult(value=job.result(), log=log)
-        except (FailedJobError, UncompletedJobError) as error:
-            return JobResult(error=last_error_line(str(error)) or log_tail_error(log), log=log)
+        """A finished job's return value, or why it failed and where its log is."""
+        return read_result(JobPaths(self.pattern, job_id=job_id))
 
-    def _paths(self, job_id: str):
-        return submitit.core.utils.JobPaths(self.pattern, job_id=job_id)
+    def _paths(self, job_id: str) -> JobPaths:
+        return JobPaths(self.pattern, job_id=job_id)
 
 
 def _alive(pid: int) -> bool:
+    """Whether `pid` is still a submitit job controller (not a process that reused the number)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return b"submitit" in command

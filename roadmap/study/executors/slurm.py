@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from submitit.core.utils import FailedJobError, UncompletedJobError
+from submitit.core.utils import JobPaths
 
 from ...errors import SpecError
-from .base import JobResult, JobState, JobStatus, last_error_line, log_tail_error
+from .base import JobResult, JobState, JobStatus, last_error_line, read_result
 
 # squeue's words for a job that is still in the queue or on a node.
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -98,14 +98,7 @@ class SlurmJobs:
 
     def result(self, job_id: str) -> JobResult:
         """A finished job's return value, or why it failed and where its log is."""
-        job = submitit.SlurmJob(folder=self.pattern, job_id=job_id)
-        log = job.paths.stderr
-        if not job.paths.result_pickle.exists():
-            return JobResult(error=log_tail_error(log) or "the job ended without a result", log=log)
-        try:
-            return JobResult(value=job.result(), log=log)
-        except (FailedJobError, UncompletedJobError) as error:
-            return JobResult(error=last_error_line(str(error)) or log_tail_error(log), log=log)
+        return read_result(JobPaths(self.pattern, job_id=job_id))
 
 
 def _table_state(state: str, restarts: int) -> JobState:
