@@ -1,6 +1,7 @@
 """Launching a study as jobs: the checks before anything is submitted, the live table, and local jobs."""
 from __future__ import annotations
 
+import os
 import re
 import sys
 from datetime import datetime
@@ -117,3 +118,46 @@ def log_span(log: Path) -> tuple[datetime, datetime]:
     stamps = re.findall(r"^submitit \w+ \((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\)", log.read_text(), re.MULTILINE)
     times = [datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f") for stamp in stamps]
     return times[0], times[-1]
+
+
+# ------------------------------------------------------------------------------ claims and simultaneous studies
+
+
+def test_a_run_claimed_by_another_process_is_not_trained_again(tmp_path, cli):
+    from roadmap import load_roadmap
+    from roadmap.cli.ablation import main, study_options
+    from roadmap.study.claim import Claim
+
+    args = ["--upto", "modern_recipe", "--preset", "smoke", "--no-progress"]
+    roadmap = load_roadmap("resnet50_to_convnext_t")
+    study = study_options(roadmap, roadmap.upto("modern_recipe"), [0], main.make_context("x", list(args)).params)
+    with Claim(tmp_path / study.checkpoint_folder(roadmap.step("resnet50"), 0)) as claim:
+        assert claim.acquire()
+        result = cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"[1/2] resnet50 seed 0: being trained by pid {os.getpid()} on " in result.stdout
+    assert "(1 finished, 0 skipped, 1 being trained elsewhere, 0 diverged, 0 failed)" in result.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("resnet50_to_convnext_t")
+    steps = [r.data.tags["step"] for r in client.search_runs([experiment.experiment_id], "tags.run_kind = 'step'")]
+    assert steps == ["modern_recipe"]
+
+
+def test_three_studies_started_at_once_on_a_new_sqlite_store_all_succeed(tmp_path):
+    """Same command three times at the same moment: the store is created once, every run recorded once."""
+    import subprocess
+
+    command = [sys.executable, str(Path(__file__).resolve().parent.parent / "run_ablation.py"), "--upto",
+               "modern_recipe", "--preset", "smoke", "--seeds", "0,1", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    studies = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=env) for _ in range(3)]
+    outputs = [study.communicate(timeout=600) for study in studies]
+    assert [study.returncode for study in studies] == [0, 0, 0], [err[-2000:] for _, err in outputs]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")  # the store opens afterwards
+    experiment = client.get_experiment_by_name("resnet50_to_convnext_t")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    steps = sorted((r.data.tags["step"], r.data.tags["seed"]) for r in runs if r.data.tags["run_kind"] == "step")
+    assert steps == [("modern_recipe", "0"), ("modern_recipe", "1"), ("resnet50", "0"), ("resnet50", "1")]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert sum(r.data.tags["run_kind"] == "study" for r in runs) == 3  # one parent per invocation

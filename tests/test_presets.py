@@ -137,3 +137,8 @@ def test_a_smoke_step_trains_end_to_end(step_name, tmp_path):
                                 options=TrainOptions(checkpoint_dir=tmp_path))
     assert result.status == "finished" and result.epochs_completed == 1
     assert 0 <= result.top1 <= result.top5 <= 100
+
+
+def test_the_demo_evaluates_on_enough_images_for_a_one_point_top1():
+    # The binomial standard error of a top-1 of p over n images is sqrt(p (1 - p) / n), largest at p = 50 %.
+    assert 100 * (0.25 / get_preset("demo").val_size) ** 0.5 <= 1.0

@@ -4,11 +4,13 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from roadmap.errors import SpecError
 from roadmap.report.results import SUMMARY_COLUMNS, ResultsError, read_summary_csv, study_summary, summarize
 from roadmap.report.runs_table import RUN_COLUMNS, load_runs
 from roadmap.report.tables import write_results
@@ -250,3 +252,23 @@ def test_the_table_names_the_paper_table_of_its_roadmap(tmp_path):
         markdown = md_path.read_text()
         assert f"Liu et al. 2022, {table}" in markdown and other not in markdown
         assert roadmap.paper_source == f"paper ({table})"
+
+
+def test_report_best_summarizes_and_draws_the_best_epochs_top1(study):
+    from roadmap.report import plot_data
+
+    uri, roadmap = study
+    runs = load_runs(uri, EXPERIMENT)
+    last, best = summarize(runs, roadmap), summarize(runs, roadmap, report="best")
+    for name in ("resnet50", "move_up_dwconv", "kernel_5"):
+        assert row(best, name)["top1_mean"] == pytest.approx(np.mean(finished_top1(name)) + 1, abs=1e-12)
+        assert row(last, name)["top1_mean"] == pytest.approx(np.mean(finished_top1(name)), abs=1e-12)
+        assert row(best, name)["top1_best_mean"] == row(last, name)["top1_best_mean"] == row(best, name)["top1_mean"]
+    assert set(best["report"]) == {"best"}
+    chart = plot_data.roadmap_chart_data(best, roadmap)
+    assert chart.rows[0].top1 == row(best, "resnet50")["top1_mean"]
+    assert "top-1 of the best epoch" in chart.label.caption
+    _, md_path = write_results(best, Path(uri[len("sqlite:///"):]).parent / "best", "Table 10")
+    assert "top-1 (%, best epoch)" in md_path.read_text() and "best epoch's" in md_path.read_text()
+    with pytest.raises(SpecError, match="report='middle' is not valid; choose one of: last, best"):
+        summarize(runs, roadmap, report="middle")

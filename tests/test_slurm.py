@@ -114,35 +114,44 @@ def _wait_for_checkpoint(folder: Path, epoch: int, timeout: float = 120) -> Path
     pytest.fail(f"no checkpoint of epoch {epoch} under {folder} within {timeout} s")
 
 
-def test_a_requeued_job_resumes_from_its_checkpoint_with_the_uninterrupted_metrics(tmp_path, cli):
-    # Long enough that the requeue (SIGTERM, then SIGKILL after KillWait) lands mid-step.
-    args = ["--upto", "resnet50", "--preset", "smoke", "--epochs", "100"]
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    # The job trains on 1 thread (--cpus-per-task 1); so does the reference: CPU kernels are exact only then.
-    inline = cli(*args, "--no-progress", cwd=reference, env={"OMP_NUM_THREADS": "1"})
-    assert inline.returncode == 0, inline.stderr[-2000:]
+# Long enough that the interruption lands mid-step.
+REQUEUE_ARGS = ["--upto", "resnet50", "--preset", "smoke", "--epochs", "100"]
 
-    launched = tmp_path / "launched"
-    launched.mkdir()
-    submitted = cli(*args, *SLURM, "--no-wait", cwd=launched, env=FAST_POLL)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cli) -> TrainResult:
+    """The same step trained inline on 1 thread, as the jobs train (--cpus-per-task 1): CPU kernels are exact then."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    inline = cli(*REQUEUE_ARGS, "--no-progress", cwd=folder, env={"OMP_NUM_THREADS": "1"})
+    assert inline.returncode == 0, inline.stderr[-2000:]
+    (final,) = (folder / "checkpoints").rglob("final.json")
+    return TrainResult.from_json(json.loads(final.read_text()))
+
+
+@pytest.mark.parametrize("interruption", [
+    # What an admin or a preemption without warning does: SIGTERM, then SIGKILL after KillWait; SLURM requeues.
+    ["scontrol", "requeue"],
+    # SLURM's warning signal before a time limit or a preemption: submitit calls StudyJob.checkpoint and requeues.
+    ["scancel", "--signal=USR2"],
+], ids=["scontrol-requeue", "usr2-checkpoint-hook"])
+def test_an_interrupted_job_resumes_from_its_checkpoint_with_the_uninterrupted_metrics(tmp_path, cli, uninterrupted,
+                                                                                      interruption):
+    submitted = cli(*REQUEUE_ARGS, *SLURM, "--no-wait", cwd=tmp_path, env=FAST_POLL)
     assert submitted.returncode == 0, submitted.stderr[-2000:]
     (job_id,) = [job["job_id"] for job in json.loads(
-        (launched / "checkpoints" / "resnet50_to_convnext_t" / "_launch" / "launch.json").read_text())["jobs"].values()]
-    _wait_for_checkpoint(launched / "checkpoints", epoch=3)
-    subprocess.run(["scontrol", "requeue", job_id], check=True, timeout=60)
-    attached = cli(*args, *SLURM, cwd=launched, env=FAST_POLL)
+        (tmp_path / "checkpoints" / "resnet50_to_convnext_t" / "_launch" / "launch.json").read_text())["jobs"].values()]
+    _wait_for_checkpoint(tmp_path / "checkpoints", epoch=3)
+    subprocess.run([*interruption, job_id], check=True, timeout=60)
+    attached = cli(*REQUEUE_ARGS, *SLURM, cwd=tmp_path, env=FAST_POLL)
     assert attached.returncode == 0, attached.stdout[-3000:] + attached.stderr[-3000:]
 
-    (resumed_file,) = (launched / "checkpoints").rglob("final.json")
-    (reference_file,) = (reference / "checkpoints").rglob("final.json")
-    resumed = TrainResult.from_json(json.loads(resumed_file.read_text()))
-    uninterrupted = TrainResult.from_json(json.loads(reference_file.read_text()))
+    (final,) = (tmp_path / "checkpoints").rglob("final.json")
+    resumed = TrainResult.from_json(json.loads(final.read_text()))
     assert 1 <= resumed.resumed_from_epoch < 100, "the job was not interrupted mid-step"
     for key in ("top1", "top5", "top1_best", "train_loss"):
         assert getattr(resumed, key) == getattr(uninterrupted, key), key
     assert [r.train_loss for r in resumed.history] == [r.train_loss for r in uninterrupted.history]
-    client, runs = _step_runs(launched, "resnet50_to_convnext_t")
+    client, runs = _step_runs(tmp_path, "resnet50_to_convnext_t")
     (step,) = [run for run in runs if run.data.tags["run_kind"] == "step"]
     assert step.info.status == "FINISHED" and step.data.tags["attempts"] == "2"
     assert sorted(m.step for m in client.get_metric_history(step.info.run_id, "val_top1")) == list(range(1, 101))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -26,7 +27,8 @@ STUDY_ARTIFACTS = {"roadmap.csv", "roadmap.md", "roadmap.png", "roadmap.svg", "a
 def smoke_study(tmp_path_factory, cli):
     """`run_ablation.py --upto bn_to_ln --preset smoke` in a fresh directory, once for this module."""
     workdir = tmp_path_factory.mktemp("study")
-    result = cli("--upto", SMOKE_UPTO, "--preset", "smoke", "--no-progress", cwd=workdir)
+    # One torch thread, as this test process runs: the tests below recompute the runs' numbers exactly.
+    result = cli("--upto", SMOKE_UPTO, "--preset", "smoke", "--no-progress", cwd=workdir, env={"OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return workdir, result
 
@@ -183,3 +185,63 @@ def test_a_roadmap_from_steps_dir_is_summarized_against_its_own_steps(tmp_path, 
                   str(tmp_path / "again"), cwd=tmp_path)
     assert redrawn.returncode == 0, redrawn.stderr
     assert (tmp_path / "again" / "roadmap.png").exists()
+
+
+def test_one_seed_deltas_are_mcnemar_and_bootstrap_over_the_stored_predictions(smoke_study, tmp_path):
+    """Each Δ of a one-seed study is tested on the images of the step's and its parent's runs (their artifacts)."""
+    from scipy import stats
+
+    from roadmap.predictions import read_predictions
+
+    workdir, _ = smoke_study
+    client, runs = _runs(workdir)
+    by_step = {r.data.tags["step"]: r for r in runs if r.data.tags.get("run_kind") == "step"}
+    table = pd.read_csv(workdir / "results" / "resnet50_to_convnext_t" / "roadmap.csv").set_index("step")
+
+    def correct(step: str):
+        path = client.download_artifacts(by_step[step].info.run_id, "predictions.csv", str(tmp_path / step))
+        predictions = read_predictions(path)
+        assert predictions.top1() == pytest.approx(by_step[step].data.metrics["top1"], abs=1e-9)
+        return predictions.top_k[:, 0] == predictions.label
+
+    for step in load_roadmap("resnet50_to_convnext_t").upto(SMOKE_UPTO)[1:]:
+        row = table.loc[step.name]
+        ours, theirs = correct(step.name), correct(step.parent)
+        b, c = int((ours & ~theirs).sum()), int((~ours & theirs).sum())
+        expected_p = stats.binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+        assert row["delta_test"] == "mcnemar"
+        assert row["delta_p"] == pytest.approx(expected_p, abs=1e-9), step.name
+        assert row["delta_top1"] == pytest.approx(100 * (ours.mean() - theirs.mean()), abs=1e-9)
+        assert row["delta_ci_low"] <= row["delta_top1"] <= row["delta_ci_high"]
+        # A paired bootstrap interval is about as wide as the normal approximation of the paired difference.
+        n, plus, minus = len(ours), b / len(ours), c / len(ours)
+        normal = 2 * 1.96 * 100 * ((plus + minus - (plus - minus) ** 2) / n) ** 0.5
+        assert row["delta_ci_high"] - row["delta_ci_low"] == pytest.approx(normal, rel=0.35, abs=1.0)
+        # The same numbers are logged on the step's run.
+        metrics = by_step[step.name].data.metrics
+        assert metrics["delta_p"] == pytest.approx(row["delta_p"]) and by_step[step.name].data.tags[
+            "delta_test"] == "mcnemar"
+
+
+def test_a_trained_network_loads_from_its_run_with_its_logged_top1(smoke_study):
+    """roadmap.load_trained("runs:/<id>") gives the network; evaluated again here it scores the run's top-1."""
+    import roadmap
+    from roadmap.data import build_datasets, build_loaders
+    from roadmap.spec import DataSpec, RecipeSpec
+    from roadmap.training.engine import TrainOptions, evaluate
+
+    workdir, _ = smoke_study
+    client, runs = _runs(workdir)
+    run = next(r for r in runs if r.data.tags.get("step") == "kernel_7")
+    trained = roadmap.load_trained(f"runs:/{run.info.run_id}", tracking_uri=f"sqlite:///{workdir}/mlflow.db")
+    assert not trained.model.training and trained.step == "kernel_7"
+    assert trained.top1 == run.data.metrics["top1"]
+    (workdir / "config").mkdir(exist_ok=True)
+    config_path = client.download_artifacts(run.info.run_id, "config.json", str(workdir / "config"))
+    config = json.loads(Path(config_path).read_text())
+    data = DataSpec(**config["data"])
+    recipe = RecipeSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["recipe"].items()})
+    _, val_loader = build_loaders(build_datasets(data, recipe), 32, workers=0, seed=0)
+    scores = evaluate(trained.model, val_loader, num_classes=trained.num_classes,
+                      options=TrainOptions(checkpoint_dir=workdir / "unused"))
+    assert scores.top1 == pytest.approx(run.data.metrics["top1"], abs=1e-9)

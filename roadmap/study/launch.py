@@ -69,10 +69,14 @@ def _warn_about_the_store(tracking_uri: str | None) -> None:
 
 
 def _check_writable(study: StudyOptions) -> None:
-    folder = launch_folder(study.checkpoint_dir, study.experiment)
-    probe = folder / f".write-probe-{os.getpid()}"
+    """The checkpoint folder can be made and written, checked on its deepest existing folder (nothing is left)."""
+    existing = study.checkpoint_dir.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    probe = existing / f".write-probe-{os.getpid()}"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        if not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a folder")
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:

@@ -306,4 +306,6 @@ def _str_values(tags: dict[str, Any]) -> dict[str, str]:
 
 
 def _terminal_status(error: BaseException) -> str:
-    return RunStatus.to_string(RunStatus.KILLED if isinstance(error, KeyboardInterrupt) else RunStatus.FAILED)
+    """KILLED for an interruption (Ctrl-C, a job's exit on preemption), FAILED for an error."""
+    interrupted = isinstance(error, (KeyboardInterrupt, SystemExit))
+    return RunStatus.to_string(RunStatus.KILLED if interrupted else RunStatus.FAILED)

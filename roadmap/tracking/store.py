@@ -6,6 +6,7 @@ import fcntl
 import os
 import re
 import ssl
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -213,6 +214,19 @@ def ensure_experiment(client: MlflowClient, uri: str, experiment: str, tags: dic
                 experiment_id = found.experiment_id
         else:
             experiment_id = found.experiment_id
-    for key, value in tags.items():
-        client.set_experiment_tag(experiment_id, key, value)
+        for key, value in tags.items():
+            _set_experiment_tag(client, experiment_id, str(key), value)
     return experiment_id
+
+
+def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str, attempts: int = 5) -> None:
+    """MLflow inserts a new tag after checking it is absent: two processes at once break its unique key (a
+    server's many workers can, outside our lock); the retry finds it and updates it."""
+    for attempt in range(attempts):
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+            return
+        except MlflowException as error:
+            if "UNIQUE constraint" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
