@@ -1,4 +1,4 @@
-"""The package's layers: what may import what (DESIGN.md's rules), read from every module's source."""
+"""The package's layers: what may import what (docs/DESIGN.md), read from every module's source."""
 from __future__ import annotations
 
 import ast

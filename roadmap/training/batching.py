@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SpecError
-from ..spec import whole_number
+from ..spec import RecipeSpec, whole_number
+from .optim import mixup_enabled
 
 
 @dataclass(frozen=True)
@@ -56,3 +57,16 @@ def split_batch(batch_size: int, world_size: int, micro_batch: int | None) -> Ba
                         f"{per_process} (batch size {batch_size} / {world_size} processes); choose a divisor of "
                         f"{per_process}")
     return BatchSplit(micro_batch=micro, accumulation_steps=per_process // micro, world_size=world_size)
+
+
+def check_effective_batch(recipe: RecipeSpec, batch: int | None, world: int, steps: int) -> int:
+    """`batch` (a loader's per-process batch), after checking that `world` processes x `steps` accumulation
+    steps of it add up to the recipe's effective batch."""
+    if not isinstance(batch, int):
+        raise SpecError(f"train loader batch size {batch!r} is not valid; give the DataLoader a whole batch_size")
+    if batch * world * steps != recipe.batch_size:
+        raise SpecError(f"effective batch {batch} per process x {world} processes x {steps} accumulation steps = "
+                        f"{batch * world * steps} does not match recipe batch_size={recipe.batch_size}")
+    if mixup_enabled(recipe) and batch % 2:
+        raise SpecError(f"per-process batch {batch} is not valid with mixup/cutmix (pairs images); use an even batch")
+    return batch

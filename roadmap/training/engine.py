@@ -29,9 +29,10 @@ from ..predictions import Predictions, write_predictions
 from ..schema import FINAL_RESULT, LAST_CHECKPOINT, Artifact, Status
 from ..spec import DEVICES, PRECISIONS, RecipeSpec, choice, whole_number
 from . import distributed
+from .batching import check_effective_batch
 from .checkpoint import load_json, save_json
 from .distributed import SINGLE_PROCESS, WorldInfo
-from .optim import build_loss, build_optimizer, build_schedule, mixup_enabled
+from .optim import build_loss, build_optimizer, build_schedule
 from .result import EpochRecord, TrainResult
 from .resume import fingerprint, load_state, restore_rng, rng_state, save_state, seed_everything
 
@@ -117,7 +118,7 @@ def train_and_evaluate(
     """
     if (options.checkpoint_dir / FINAL_RESULT).exists():
         return TrainResult.from_json(load_json(options.checkpoint_dir / FINAL_RESULT))
-    with _deterministic_on_cpu(options.torch_device()):
+    with _numerics(options.torch_device()):
         return _train(model, recipe, train_loader, val_loader, num_classes, options, on_epoch)
 
 
@@ -125,7 +126,7 @@ def _train(model: nn.Module, recipe: RecipeSpec, train_loader: DataLoader, val_l
            num_classes: int, options: TrainOptions, on_epoch: Callable[[EpochRecord], None] | None) -> TrainResult:
     wall_start = time.perf_counter()
     folder, world = options.checkpoint_dir, options.world
-    check_effective_batch(recipe, train_loader, options)
+    check_effective_batch(recipe, train_loader.batch_size, world.world_size, options.accumulation_steps)
     steps_per_epoch = len(train_loader) // options.accumulation_steps
     if recipe.epochs > 0 and steps_per_epoch == 0:
         raise SpecError(f"train loader has {len(train_loader)} batches, fewer than accumulation_steps="
@@ -339,20 +340,6 @@ def _finish(result: TrainResult, model: nn.Module | None, options: TrainOptions)
     return result
 
 
-def check_effective_batch(recipe: RecipeSpec, train_loader: DataLoader, options: TrainOptions) -> int:
-    """The per-process batch, after checking that it adds up to the recipe's effective batch."""
-    batch = train_loader.batch_size
-    if not isinstance(batch, int):
-        raise SpecError(f"train loader batch size {batch!r} is not valid; give the DataLoader a whole batch_size")
-    world, steps = options.world.world_size, options.accumulation_steps
-    if batch * world * steps != recipe.batch_size:
-        raise SpecError(f"effective batch {batch} per process x {world} processes x {steps} accumulation steps = "
-                        f"{batch * world * steps} does not match recipe batch_size={recipe.batch_size}")
-    if mixup_enabled(recipe) and batch % 2:
-        raise SpecError(f"per-process batch {batch} is not valid with mixup/cutmix (pairs images); use an even batch")
-    return batch
-
-
 class WaitTimer:
     """An iterable's items, timing how long each `next` took: what a training loop waits for its data."""
 
@@ -372,15 +359,20 @@ class WaitTimer:
 
 
 @contextlib.contextmanager
-def _deterministic_on_cpu(device: torch.device) -> Iterator[None]:
-    """Deterministic kernels where they are free (the CPU; on CUDA they cost speed); the old setting after."""
+def _numerics(device: torch.device) -> Iterator[None]:
+    """Deterministic kernels where they are free (the CPU; on CUDA they cost speed). On CUDA, fp32 matmuls and
+    convolutions on TF32 tensor cores, as PyTorch 1.8 ran the paper's fp32 trainings. The old settings after."""
     previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    previous_tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous_tf32
 
 
 def _to_device(images: torch.Tensor, labels: torch.Tensor, device: torch.device, channels_last: bool):
