@@ -27,7 +27,7 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
               "PATH/val/<class>/*), cifar10:PATH or cifar100:PATH (torchvision's copy under PATH).")
 @click.option("--download", is_flag=True, help="Let torchvision download CIFAR into PATH (needs a network).")
 @click.option("--preset", default=None, help="Training scale: smoke (tests, seconds per step), demo (default on "
-              "synthetic data: the 16 steps up to bn_to_ln in about 7 minutes on 2 CPU cores), proxy (one GPU, "
+              "synthetic data: the 16 steps up to bn_to_ln in 4 to 7 minutes on 2 CPU cores), proxy (one GPU, "
               "lower resolution), paper (ImageNet-1k protocol; default on real data).")
 @click.option("--epochs", type=int, help="Override the preset's epochs (schedules scale with it).")
 @click.option("--batch-size", type=int, help="Override the effective batch (images per optimizer step, all "

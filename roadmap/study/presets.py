@@ -99,8 +99,8 @@ PRESETS: dict[str, Preset] = {
         Preset(
             name="demo",
             description="the default on synthetic data: 32 px, 1/4 width, 10 classes, 4 epochs of 2,304 images, "
-            "2,500 validation images (top-1 to about +-1 point); the 16 steps up to bn_to_ln in about 7 minutes on "
-            "2 CPU cores",
+            "2,500 validation images (top-1 to about +-1 point); the 16 steps up to bn_to_ln in 4 to 7 minutes "
+            "on 2 CPU cores",
             image_size=32,
             train_size=2304,
             # The binomial standard error of top-1 over n images is sqrt(p (1 - p) / n): at most 1.0 point with
