@@ -88,12 +88,14 @@ def summarize(runs: pd.DataFrame, roadmap: Roadmap, *, report: str = "last",
 
 
 def study_summary(tracking_uri: str | None, experiment: str, roadmap: Roadmap, *, report: str = "last",
-                  predictions: bool = True) -> pd.DataFrame:
+                  predictions: bool = True, runs: pd.DataFrame | None = None) -> pd.DataFrame:
     """The summary of an experiment's runs of `roadmap` (the Roadmap object the study ran, so that a roadmap
     from --steps-dir is summarized against its own steps), with --benchmark figures where a step was not
-    trained; one-seed Δ intervals read the runs' stored predictions unless `predictions` is False."""
+    trained; one-seed Δ intervals read the runs' stored predictions unless `predictions` is False. `runs`:
+    the experiment's load_runs table, when the caller has it already."""
     predictions_of = mlflow_predictions(tracking_uri, report) if predictions else None
-    summary = summarize(load_runs(tracking_uri, experiment), roadmap, report=report, predictions_of=predictions_of)
+    runs = load_runs(tracking_uri, experiment) if runs is None else runs
+    summary = summarize(runs, roadmap, report=report, predictions_of=predictions_of)
     return with_benchmarks(summary, load_benchmarks(tracking_uri, experiment, roadmap.name))
 
 

@@ -11,9 +11,8 @@ from .options import StudyOptions
 
 def run_benchmark(study: StudyOptions) -> int:
     """Measure every step's throughput and peak memory at the study's scale; record it; print a table."""
-    from ..report.results import study_summary
-    from ..report.tables import write_results
     from ..tracking import Tracker
+    from .study import write_study_table
 
     tracker = Tracker(study.tracking_uri, study.experiment)
     data = study.resolve(study.steps[0]).data
@@ -42,8 +41,6 @@ def run_benchmark(study: StudyOptions) -> int:
             tracker.log_benchmark(step.name, figures, params={"arch": to_dict(arch), "bench": to_dict(config)},
                                   tags=tags)
     click.echo(format_table(rows, config))
-    summary = study_summary(study.tracking_uri, study.experiment, study.roadmap, report=study.report)
-    summary = summary[summary["step"].isin({step.name for step in study.steps})]
-    csv_path, md_path = write_results(summary, study.results_dir / study.experiment, study.roadmap.paper_table)
+    _, (csv_path, md_path) = write_study_table(study)
     click.echo(f"results: {csv_path} and {md_path}")
     return 0

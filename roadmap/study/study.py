@@ -97,8 +97,8 @@ def parent_description(study: StudyOptions) -> str:
 def collect(study: StudyOptions, tracker, study_run_id: str, outcomes: Sequence[UnitOutcome], seconds: float) -> int:
     """After the units ran: counts, time split, results table, figures, Δs on the step runs, where to look."""
     from ..report.plot import draw_figures
-    from ..report.results import study_summary
-    from ..report.tables import to_markdown, write_results
+    from ..report.runs_table import load_runs
+    from ..report.tables import to_markdown
 
     statuses = [outcome.status for outcome in outcomes]
     click.echo(f"study done in {seconds:.1f} s wall time ({statuses.count(Status.FINISHED)} finished, "
@@ -107,13 +107,12 @@ def collect(study: StudyOptions, tracker, study_run_id: str, outcomes: Sequence[
     trained = [outcome.result for outcome in outcomes if outcome.result is not None]
     if trained:
         click.echo(time_split(trained))
-    summary = study_summary(study.tracking_uri, study.experiment, study.roadmap, report=study.report)
-    summary = summary[summary["step"].isin({step.name for step in study.steps})]
+    runs = load_runs(study.tracking_uri, study.experiment)
+    summary, (csv_path, md_path) = write_study_table(study, runs)
     out = study.results_dir / study.experiment
-    csv_path, md_path = write_results(summary, out, study.roadmap.paper_table)
     figures = [path for _, paths, _ in draw_figures(summary, study.roadmap, out) for path in paths]
     tracker.log_study_artifacts(study_run_id, [csv_path, md_path, *figures])
-    _annotate_deltas(study, tracker, summary)
+    _annotate_deltas(study, tracker, summary, runs)
     click.echo(to_markdown(summary, study.roadmap.paper_table).rstrip())  # it ends with the agreement line
     click.echo(f"results: {csv_path} and {md_path}; figures: {', '.join(str(p) for p in figures)}")
     click.echo(f"in MLflow: {tracker.runs_view_url()} (parent run {study_run_id}, which holds the chart and the "
@@ -123,15 +122,22 @@ def collect(study: StudyOptions, tracker, study_run_id: str, outcomes: Sequence[
     return 1 if failed else 0
 
 
+def write_study_table(study: StudyOptions, runs=None):
+    """The summary of this study's steps, written to results/<experiment>/: (summary, (csv path, md path))."""
+    from ..report.results import study_summary
+    from ..report.tables import write_results
+
+    summary = study_summary(study.tracking_uri, study.experiment, study.roadmap, report=study.report, runs=runs)
+    summary = summary[summary["step"].isin({step.name for step in study.steps})]
+    return summary, write_results(summary, study.results_dir / study.experiment, study.roadmap.paper_table)
+
+
 def _ui_command(tracking_uri: str) -> str:
     return f"mlflow ui --backend-store-uri {tracking_uri}"
 
 
-def _annotate_deltas(study: StudyOptions, tracker, summary) -> None:
+def _annotate_deltas(study: StudyOptions, tracker, summary, runs) -> None:
     """Each step's Δ to its parent (points, 95 % interval, p) on its runs of this study's configuration."""
-    from ..report.runs_table import load_runs
-
-    runs = load_runs(study.tracking_uri, study.experiment)
     for row in summary.to_dict("records"):
         config_hash = study.config_hash(study.roadmap.step(row["step"]))
         chosen = runs[(runs["step"] == row["step"]) & (runs["config_hash"] == config_hash)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,11 +11,11 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import get_registered_sources
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.entities import DatasetInput, InputTag
-from mlflow.exceptions import MlflowException
 from mlflow.types.schema import Schema, TensorSpec
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from ..schema import DatasetRecord
+from .store import retry_insert_race
 
 
 class ImageDataset(MetaDataset):
@@ -41,23 +40,12 @@ class ImageDataset(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self._profile)}
 
 
-# Two runs that log the same new dataset at once both insert it, and the second insert breaks a unique
-# constraint (MLflow 3.17 checks, then inserts); on a retry the dataset exists and only the inputs are added.
-DATASET_RETRIES = 5
-
-
 def log_datasets(client: MlflowClient, run_id: str, records: Sequence[DatasetRecord]) -> None:
+    """The records as the run's dataset inputs; two runs logging the same new dataset at once both insert it,
+    so a unique-key error is retried (on the retry the dataset exists and only the inputs are added)."""
     inputs = [DatasetInput(ImageDataset(record)._to_mlflow_entity(),
                            tags=[InputTag(key=MLFLOW_DATASET_CONTEXT, value=record.context)]) for record in records]
-    for attempt in range(DATASET_RETRIES):
-        try:
-            client.log_inputs(run_id, datasets=inputs)
-            return
-        except MlflowException as error:
-            if "UNIQUE constraint" not in str(error) and "IntegrityError" not in str(error) \
-                    or attempt == DATASET_RETRIES - 1:
-                raise
-            time.sleep(0.2 * (attempt + 1))
+    retry_insert_race(lambda: client.log_inputs(run_id, datasets=inputs))
 
 
 def _local_source(path: str) -> DatasetSource:

@@ -182,8 +182,7 @@ class Tracker:
                     self._client.delete_tag(run_id, stale)
             log_tags(self._client, run_id, {**run_tags, Tag.ATTEMPTS: str(attempts)})
             self._log_params(run_id, {k: v for k, v in flatten(params).items() if k not in earlier.data.params})
-            final_step = 1 + max((m.step for key in earlier.data.metrics
-                                  for m in self._client.get_metric_history(run_id, key)), default=-1)
+            final_step = self._next_step(run_id)
         else:
             run = self._client.create_run(self.experiment_id, run_name=step_run_name(step, seed),
                                           tags=resolve_tags({**run_tags, Tag.ATTEMPTS: "1"}))

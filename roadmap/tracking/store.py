@@ -9,8 +9,9 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from mlflow import MlflowClient
@@ -215,18 +216,20 @@ def ensure_experiment(client: MlflowClient, uri: str, experiment: str, tags: dic
         else:
             experiment_id = found.experiment_id
         for key, value in tags.items():
-            _set_experiment_tag(client, experiment_id, str(key), value)
+            retry_insert_race(lambda key=key, value=value: client.set_experiment_tag(experiment_id, str(key), value))
     return experiment_id
 
 
-def _set_experiment_tag(client: MlflowClient, experiment_id: str, key: str, value: str, attempts: int = 5) -> None:
-    """MLflow inserts a new tag after checking it is absent: two processes at once break its unique key (a
-    server's many workers can, outside our lock); the retry finds it and updates it."""
+def retry_insert_race(write: Callable[[], Any], attempts: int = 5) -> None:
+    """`write()`, again after a unique-key error. MLflow 3.17 checks that a row (an experiment tag, a dataset)
+    is absent and then inserts it: two processes at once (or a server's workers, outside our lock) make the
+    second insert fail; on the retry the row exists and MLflow updates or reuses it."""
     for attempt in range(attempts):
         try:
-            client.set_experiment_tag(experiment_id, key, value)
+            write()
             return
         except MlflowException as error:
-            if "UNIQUE constraint" not in str(error) or attempt == attempts - 1:
+            if ("UNIQUE constraint" not in str(error) and "IntegrityError" not in str(error)) \
+                    or attempt == attempts - 1:
                 raise
             time.sleep(0.2 * (attempt + 1))
