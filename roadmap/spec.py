@@ -5,7 +5,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import SpecError
 
@@ -64,14 +64,16 @@ class ArchSpec:
     stem: str = "resnet"
     # Side of the non-overlapping patches of the patchify stem (pixels).
     stem_patch_size: int = 4
-    # Channels out of the stem.
-    stem_width: int = 64
+    # The base width C (channels): the stem's output width and the unit of every stage width. The paper's
+    # width step ("width_96") changes only this; which multiple of C a stage carries is `width_factors`.
+    base_width: int = 64
     # Whether the stem ends with an activation (ResNet: yes; ConvNeXt: no).
     stem_activation: bool = True
     # Blocks per stage.
     depths: tuple[int, ...] = (3, 4, 6, 3)
-    # Residual-stream channels of each stage (a block's output width).
-    widths: tuple[int, ...] = (256, 512, 1024, 2048)
+    # Residual-stream channels of each stage (a block's output width) as multiples of C: ResNet's
+    # bottleneck stages carry 4C, 8C, 16C, 32C; the inverted bottleneck's carry C, 2C, 4C, 8C.
+    width_factors: tuple[int, ...] = (4, 8, 16, 32)
     # Layer order in a block: "bottleneck" 1x1 down, kxk, 1x1 up; "inverted" 1x1 up, kxk, 1x1 down;
     # "dwconv_first" kxk, 1x1 up, 1x1 down.
     block: str = "bottleneck"
@@ -110,12 +112,12 @@ class ArchSpec:
         choice("norm_placement", self.norm_placement, PLACEMENTS)
         choice("downsampling", self.downsampling, DOWNSAMPLINGS)
         object.__setattr__(self, "depths", tuple(self.depths))
-        object.__setattr__(self, "widths", tuple(self.widths))
-        if not self.depths or len(self.depths) != len(self.widths):
-            raise SpecError(f"depths {self.depths} and widths {self.widths} must name the same stages")
+        object.__setattr__(self, "width_factors", tuple(self.width_factors))
+        if not self.depths or len(self.depths) != len(self.width_factors):
+            raise SpecError(f"depths {self.depths} and width_factors {self.width_factors} must name the same stages")
         whole_numbers("depths", self.depths, 1)
-        whole_numbers("widths", self.widths, 1)
-        whole_number("stem_width", self.stem_width, 1)
+        whole_numbers("width_factors", self.width_factors, 1)
+        whole_number("base_width", self.base_width, 1)
         if whole_number("kernel_size", self.kernel_size, 1) % 2 == 0:
             raise SpecError(f"kernel_size={self.kernel_size!r} is not valid; an odd whole number >= 1")
         whole_number("stem_patch_size", self.stem_patch_size, 1)
@@ -134,7 +136,17 @@ class ArchSpec:
         """A width after the uniform multiplier, at least 1 channel."""
         return max(1, round(width * self.width_multiplier))
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Each stage's residual width at full size: C x its factor."""
+        return tuple(self.base_width * factor for factor in self.width_factors)
+
+    def stem_channels(self) -> int:
+        """The stem's output channels after the uniform multiplier."""
+        return self.scaled(self.base_width)
+
     def stage_widths(self) -> tuple[int, ...]:
+        """Each stage's residual width after the uniform multiplier."""
         return tuple(self.scaled(w) for w in self.widths)
 
     def hidden_widths(self) -> tuple[int, ...]:
@@ -227,6 +239,9 @@ class DataSpec:
     # Data-loader worker processes per training process.
     workers: int = 2
 
+    # How the images are loaded, not which: never part of a configuration hash (roadmap.variants).
+    RUN_FIELDS: ClassVar[tuple[str, ...]] = ("download", "workers")
+
     def __post_init__(self) -> None:
         choice("data kind", self.kind, DATA_KINDS)
         if self.kind == "synthetic" and self.path:
@@ -248,10 +263,19 @@ class DataSpec:
         return self.source.split(":", 1)[1] if ":" in self.source else ""
 
 
+# Flags of earlier versions -> what replaced them (step files written for those versions get this hint).
+RENAMED_FLAGS = {
+    "stem_width": "write base_width = C (the stem's width and the unit of every stage width)",
+    "widths": "write width_factors = stage widths as multiples of base_width C (ResNet: [4, 8, 16, 32])",
+}
+
+
 def replace_checked(spec: Any, overrides: dict[str, Any], where: str) -> Any:
     """`dataclasses.replace`, but an unknown key names `where` and the valid keys."""
     valid = {f.name for f in fields(spec)}
     for key in overrides:
+        if key in RENAMED_FLAGS and key not in valid:
+            raise SpecError(f"{where}: flag {key!r} was replaced; {RENAMED_FLAGS[key]}")
         if key not in valid:
             raise SpecError(f"{where}: unknown flag {key!r}; valid flags: {', '.join(sorted(valid))}")
     return dataclasses.replace(spec, **overrides)

@@ -90,7 +90,7 @@ def test_logit_comparison_catches_a_block_off_by_one(interop: str, block_tensor:
 
 
 def test_any_depth_width_and_class_count_resnet():
-    arch = dataclasses.replace(RESNET50, depths=(1, 2, 1, 1), widths=(64, 128, 256, 512))
+    arch = dataclasses.replace(RESNET50, depths=(1, 2, 1, 1), base_width=16)
     model = randomize_(build_model(arch, num_classes=7))
     reference = ResNet(Bottleneck, (1, 2, 1, 1), channels=(16, 32, 64, 128), num_classes=7)
     reference.load_state_dict(export_state_dict(model, "timm.resnet"), strict=True)
@@ -98,7 +98,7 @@ def test_any_depth_width_and_class_count_resnet():
 
 
 def test_any_depth_width_and_class_count_convnext():
-    arch = dataclasses.replace(CONVNEXT_T, depths=(1, 2, 1, 1), widths=(16, 32, 64, 128), stem_width=16)
+    arch = dataclasses.replace(CONVNEXT_T, depths=(1, 2, 1, 1), base_width=16)
     reference = ConvNeXt(
         [CNBlockConfig(16, 32, 1), CNBlockConfig(32, 64, 2), CNBlockConfig(64, 128, 1), CNBlockConfig(128, None, 1)],
         num_classes=7,
@@ -109,7 +109,7 @@ def test_any_depth_width_and_class_count_convnext():
 
 
 def test_timm_convnext_without_layer_scale():
-    arch = dataclasses.replace(CONVNEXT_T, depths=(1, 1, 1, 1), widths=(8, 16, 32, 64), stem_width=8,
+    arch = dataclasses.replace(CONVNEXT_T, depths=(1, 1, 1, 1), base_width=8,
                                layer_scale_init=0.0, kernel_size=5)
     model = randomize_(build_model(arch, num_classes=5))
     reference = timm.models.convnext.ConvNeXt(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), kernel_sizes=5,

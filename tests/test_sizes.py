@@ -50,8 +50,7 @@ def test_convnexts_take_the_roadmaps_last_step_flags():
                 "convnext_base": ((3, 3, 27, 3), 128, 0.5), "convnext_large": ((3, 3, 27, 3), 192, 0.5),
                 "convnext_xlarge": ((3, 3, 27, 3), 256, 0.5)}
     for name, (depths, width, drop_path) in expected.items():
-        widths = (width, 2 * width, 4 * width, 8 * width)
-        changed = dict(depths=depths, widths=widths, stem_width=width, drop_path_rate=drop_path)
+        changed = dict(depths=depths, base_width=width, drop_path_rate=drop_path)
         assert get_size(name) == dataclasses.replace(final, **changed), name
 
 

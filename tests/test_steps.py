@@ -74,7 +74,7 @@ def test_second_roadmap_ends_in_convnext_b():
     assert roadmap.names()[0] == "resnet200" and "width_128" in roadmap.names()
     assert roadmap.step("resnet200").arch.depths == (3, 24, 36, 3)
     stage_ratio = roadmap.step("stage_ratio").arch
-    assert stage_ratio.depths == (3, 3, 27, 3) and stage_ratio.stem_width == 84
+    assert stage_ratio.depths == (3, 3, 27, 3) and stage_ratio.base_width == 84
     final = roadmap.step("separate_downsampling").arch
     assert (final.depths, final.widths) == ((3, 3, 27, 3), (128, 256, 512, 1024))
     assert roadmap.reference == {"name": "Swin-B", "top1": 83.5, "gflops": 15.43, "params_m": 88.0}
@@ -129,7 +129,7 @@ def test_adding_a_step_is_adding_a_file(tmp_path):
     ("flags", "message"),
     [
         ({"norm": "group"}, r"norm='group' is not valid; choose one of: batch, layer"),
-        ({"widths": (0, 1, 2, 3)}, r"widths=.* every value must be a whole number >= 1"),
+        ({"width_factors": (0, 1, 2, 3)}, r"width_factors=.* every value must be a whole number >= 1"),
         ({"kernel_size": 6}, r"kernel_size=6 is not valid"),
         ({"block": "fancy"}, r"block='fancy' is not valid; choose one of: bottleneck, inverted, dwconv_first"),
         ({"depths": (3, 3)}, r"must name the same stages"),

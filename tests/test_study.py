@@ -174,7 +174,7 @@ def test_a_roadmap_from_steps_dir_is_summarized_against_its_own_steps(tmp_path, 
     for name in ("00_resnet50.toml", "01_modern_recipe.toml"):
         (mine / name).write_text((DEFAULT_STEPS_DIR / "resnet50_to_convnext_t" / name).read_text())
     (mine / "02_wider_stem.toml").write_text(
-        'name = "wider_stem"\ngroup = "my idea"\nadopted = true\n[arch]\nstem_width = 96\n')
+        'name = "wider_stem"\ngroup = "my idea"\nadopted = true\n[arch]\nbase_width = 96\n')
     result = cli("--steps-dir", str(tmp_path / "roadmaps"), "--roadmap", "mine", "--preset", "smoke", "--no-progress",
                  cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

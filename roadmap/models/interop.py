@@ -62,9 +62,9 @@ def layout_misfits(arch: ArchSpec, interop: str) -> list[str]:
         for flag, value in required.items()
         if getattr(arch, flag) != value
     ]
-    if family == "convnext" and arch.scaled(arch.stem_width) != arch.stage_widths()[0]:
+    if family == "convnext" and arch.width_factors[0] != 1:
         # Otherwise our first block gets a projection shortcut that no reference ConvNeXt has.
-        misfits.append(f"stem_width={arch.stem_width} (needs the first stage width, {arch.widths[0]})")
+        misfits.append(f"width_factors={list(arch.width_factors)} (needs 1 for the first stage: it carries C)")
     if interop == "torchvision.convnext" and not arch.layer_scale_init:
         misfits.append("layer_scale_init=0.0 (needs > 0: torchvision's blocks always have a layer scale)")
     return misfits

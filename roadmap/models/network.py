@@ -42,7 +42,7 @@ class RoadmapNet(nn.Module):
         super().__init__()
         self.arch = arch
         widths = arch.stage_widths()
-        stem_width = arch.scaled(arch.stem_width)
+        stem_width = arch.stem_channels()
         self.stem = STEMS[arch.stem](arch, stem_width)
         block_class = ConvNeXtBlock if uses_convnext_block(arch) else Block
         total_blocks = sum(arch.depths)

@@ -53,9 +53,8 @@ def model_sizes() -> dict[str, ArchSpec]:
     sizes = {name: ArchSpec(depths=depths) for name, depths in RESNET_DEPTHS.items()}
     convnext_t = [step for step in load_roadmap(CONVNEXT_ROADMAP).steps if step.adopted][-1].arch
     for name, (depths, base_width, drop_path_rate) in CONVNEXT_SIZES.items():
-        widths = tuple(base_width * 2**stage for stage in range(len(depths)))
         sizes[name] = dataclasses.replace(
-            convnext_t, depths=depths, widths=widths, stem_width=base_width, drop_path_rate=drop_path_rate
+            convnext_t, depths=depths, base_width=base_width, drop_path_rate=drop_path_rate
         )
     return sizes
 
