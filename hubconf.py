@@ -57,7 +57,8 @@ def _entry_point(step: str) -> _Callable:
         roadmap: the roadmap whose step it is, one of {", ".join(roadmaps)} (default {roadmaps[0]}).
         weights: None for a randomly initialized network (train mode); or a trained run of this step,
             runs:/<run id>, its checkpoint folder or its weights.safetensors / last.pt file: then that
-            run's network in eval mode (see roadmap.load_trained).
+            run's network in eval mode (see roadmap.load_trained). A last.pt is read with
+            torch.load(weights_only=True): a file that would run code when loaded is refused.
         num_classes: outputs of the classifier (default 1000; with weights, the run's).
         width_multiplier: uniform multiplier of every width (default the step's 1.0; with weights, the run's).
         tracking_uri: the MLflow store of runs:/ weights (default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db).

@@ -8,3 +8,11 @@ class SpecError(ValueError):
     Every error a user can cause (a bad flag, step file, data path, tracking URI, checkpoint) is a
     subclass, so that the command-line front ends print its one line and exit with code 2.
     """
+
+
+class ServiceUnavailable(RuntimeError):
+    """A service the harness needs (the tracking server) stayed unreachable for as long as it was waited for.
+
+    Not a bad input: the front ends print its one line and exit with code 1, and the same command, run again
+    once the service is back, resumes where it stopped.
+    """

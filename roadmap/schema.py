@@ -27,9 +27,14 @@ class Tag(StrEnum):
     ORDER = "order"
     GROUP = "group"
     ADOPTED = "adopted"
-    PARENT_STEP = "parent_step"
+    # The variant a step run's Δ is measured against (its parent step, or the final model in leave-one-out).
+    BASELINE = "baseline"
+    # "cumulative" or "leave-one-out" (roadmap.variants.Ablation), on the parent run and the step runs.
+    ABLATION = "ablation"
     SEED = "seed"
     CONFIG_HASH = "config_hash"
+    # What the configuration hash covers (roadmap.variants.HASH_VERSION): runs of another version are not reused.
+    HASH_VERSION = "hash_version"
     PRESET = "preset"
     # A human description of the data ("synthetic (10 classes, 2304/500 images, 32 px)").
     DATASET = "dataset"
@@ -47,21 +52,32 @@ class Tag(StrEnum):
 
 
 class Status(StrEnum):
-    """Outcomes of a step run, and of a step in a summary."""
+    """The one vocabulary of states: a run's outcome, a job's state, a unit's fate, a variant's row in a summary."""
 
+    # Outcomes of a run the engine reports.
     FINISHED = "finished"
     DIVERGED = "diverged"  # a non-finite loss stopped it; its last good epoch is kept
-    FAILED = "failed"  # an exception ended it
+    FAILED = "failed"  # an exception ended it (a job: it raised, was cancelled, ran out of time or memory)
     KILLED = "killed"  # interrupted (Ctrl-C, SIGTERM)
+    # A job or a run on its way.
+    PENDING = "pending"  # submitted, or waiting for a free slot
     RUNNING = "running"
-    # Summary only: no run at all, some seeds finished, or numbers from the paper.
-    MISSING = "missing"
-    PARTIAL = "partial"
-    PAPER = "paper"
+    REQUEUED = "requeued"  # waiting to run again after a preemption, a time limit or `scontrol requeue`
+    # What became of a unit besides training it.
+    SKIPPED = "skipped"  # a finished run has its configuration: not trained again
+    CLAIMED = "claimed"  # another process is training it (it holds the claim)
+    # A variant in a summary.
+    MISSING = "missing"  # no run at all
+    PARTIAL = "partial"  # some seeds finished
+    PAPER = "paper"  # numbers from the paper
+    IDENTICAL = "identical"  # leave-one-out: the same configuration as another variant, not trained again
+    UNBUILDABLE = "unbuildable"  # a combination the network cannot build: listed, never trained
 
 
 # Outcomes the engine reports; a run with one of them is complete and is not trained again.
 OUTCOMES = (Status.FINISHED, Status.DIVERGED)
+# A job that is still in the queue or on a node.
+ACTIVE = (Status.PENDING, Status.RUNNING, Status.REQUEUED)
 
 
 class Metric(StrEnum):
@@ -75,6 +91,7 @@ class Metric(StrEnum):
     TRAIN_IMG_PER_S = "train_img_per_s"
     TRAIN_S = "train_s"  # seconds of the epoch's training loop
     DATA_WAIT_S = "data_wait_s"  # the part of train_s spent waiting for batches
+    DATA_WAIT_PCT = "data_wait_pct"  # data_wait_s in % of train_s (final: over all epochs)
     # Final.
     TOP1 = "top1"  # % on the validation split, last epoch
     TOP5 = "top5"
@@ -83,13 +100,23 @@ class Metric(StrEnum):
     PARAMS = "params"
     GMACS = "gmacs"  # 10^9 multiply-accumulates of conv + linear layers, one image
     EVAL_IMG_PER_S = "eval_img_per_s"
-    PEAK_MEMORY_MB = "peak_memory_mb"  # MiB
+    PEAK_MEMORY_MB = "peak_memory_mb"  # MiB despite the name: the run's allocated peak on CUDA, peak RSS on the CPU
+    # The run's own peaks (reset at its start), MiB: CUDA's allocated and reserved; the process's resident set.
+    PEAK_MEMORY_ALLOCATED_MIB = "peak_memory_allocated_mib"
+    PEAK_MEMORY_RESERVED_MIB = "peak_memory_reserved_mib"
+    PEAK_PROCESS_RSS_MIB = "peak_process_rss_mib"
+    RECOMPILES = "recompiles"  # torch.compile recompilations in the run (1 expected: training, then evaluation)
     WALL_TIME_S = "wall_time_s"
     BENCH_TRAIN_IMG_PER_S = "bench_train_img_per_s"
     BENCH_EVAL_IMG_PER_S = "bench_eval_img_per_s"
     BENCH_PEAK_MEMORY_MB = "bench_peak_memory_mb"
     BENCH_TRAIN_SPREAD_PCT = "bench_train_spread_pct"
     BENCH_EVAL_SPREAD_PCT = "bench_eval_spread_pct"
+    BENCH_PEAK_MEMORY_ALLOCATED_MIB = "bench_peak_memory_allocated_mib"  # CUDA only
+    BENCH_PEAK_MEMORY_RESERVED_MIB = "bench_peak_memory_reserved_mib"  # CUDA only
+    # Model FLOPs utilization, % of the GPU's dense peak (6 x MACs per trained image, 2 x per evaluated one).
+    BENCH_TRAIN_MFU_PCT = "bench_train_mfu_pct"
+    BENCH_EVAL_MFU_PCT = "bench_eval_mfu_pct"
     # A step's Δ top-1 against its parent (points) and its 95 % interval and p-value.
     DELTA_TOP1 = "delta_top1"
     DELTA_CI_LOW = "delta_ci_low"
@@ -98,7 +125,7 @@ class Metric(StrEnum):
 
 
 EPOCH_METRICS = (Metric.TRAIN_LOSS, Metric.LR, Metric.VAL_TOP1, Metric.VAL_TOP5, Metric.TRAIN_IMG_PER_S,
-                 Metric.TRAIN_S, Metric.DATA_WAIT_S)
+                 Metric.TRAIN_S, Metric.DATA_WAIT_S, Metric.DATA_WAIT_PCT)
 BENCH_METRICS = (Metric.BENCH_TRAIN_IMG_PER_S, Metric.BENCH_EVAL_IMG_PER_S, Metric.BENCH_PEAK_MEMORY_MB)
 
 
@@ -111,6 +138,7 @@ class Artifact(StrEnum):
     BEST_PREDICTIONS = "predictions_best.csv"  # the best epoch's
     SUMMARY_CSV = "roadmap.csv"
     SUMMARY_MD = "roadmap.md"
+    PLAN = "plan.json"  # the study's plan of variants (roadmap.variants.StudyPlan), on its parent run
 
 
 # Files of a (step, seed) checkpoint folder besides the artifacts.
@@ -124,18 +152,18 @@ def study_run_name(roadmap: str, kind: str = "study") -> str:
     return f"{roadmap} {kind}"
 
 
-def step_run_name(step: str, seed: int) -> str:
-    """One (step, seed): "kernel_7 seed 0"."""
-    return f"{step} seed {seed}"
+def step_run_name(variant: str, seed: int) -> str:
+    """One (variant, seed): "kernel_7 seed 0"."""
+    return f"{variant} seed {seed}"
 
 
-def benchmark_run_name(step: str) -> str:
-    return f"{step} (benchmark)"
+def benchmark_run_name(variant: str) -> str:
+    return f"{variant} (benchmark)"
 
 
-def checkpoint_folder(root: Path | str, experiment: str, step: str, seed: int, config_hash: str) -> Path:
-    """Where one (step, seed, configuration) keeps its checkpoints, weights and predictions."""
-    return Path(root) / experiment / step / f"seed{seed}-{config_hash}"
+def checkpoint_folder(root: Path | str, experiment: str, config_hash: str, seed: int) -> Path:
+    """Where one (configuration, seed) keeps its checkpoints, weights and predictions, whichever variant asked."""
+    return Path(root) / experiment / config_hash / f"seed{seed}"
 
 
 def launch_folder(root: Path | str, experiment: str) -> Path:

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
+import math
+import re
+import typing
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -35,8 +39,8 @@ def whole_numbers(name: str, values: tuple, minimum: int) -> tuple:
 
 
 def positive_number(name: str, value: object) -> float:
-    """`value` as a float if it is a number > 0 (not a bool); else a one-line SpecError naming `name`."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    """`value` as a float if it is a finite number > 0 (not a bool); else a one-line SpecError naming `name`."""
+    if not _is_number(value) or not value > 0:
         raise SpecError(f"{name}={value!r} is not valid; a number > 0")
     return float(value)
 
@@ -46,6 +50,60 @@ def choice(name: str, value: Any, choices: tuple) -> Any:
     if value not in choices:
         raise SpecError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
     return value
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def number_in(name: str, value: object, interval: str) -> object:
+    """`value` if it is a finite number in `interval`, written "[0, 1)", "(0, 1]" or "[0, inf)"; else a SpecError."""
+    low_text, high_text = (bound.strip() for bound in interval[1:-1].split(","))
+    low, high = float(low_text), float(high_text)
+    if _is_number(value) and (value >= low if interval[0] == "[" else value > low) and \
+            (value <= high if interval[-1] == "]" else value < high):
+        return value
+    valid = f"{'>=' if interval[0] == '[' else '>'} {low_text}" if math.isinf(high) else f"in {interval}"
+    raise SpecError(f"{name}={value!r} is not valid; a number {valid}")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "a whole number", float: "a finite number", str: "a string"}
+
+
+def _fits(value: object, hint: Any) -> bool:
+    """Whether `value` has the annotated type; a tuple field takes a list (TOML's arrays) of its item type."""
+    if typing.get_origin(hint) is tuple:
+        items = typing.get_args(hint)
+        if not isinstance(value, (tuple, list)):
+            return False
+        items = items[:1] * len(value) if items[-1] is Ellipsis else items
+        return len(items) == len(value) and all(_fits(item, kind) for item, kind in zip(value, items))
+    if hint is float:
+        return _is_number(value)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint) if hint in _TYPE_NAMES else True
+
+
+def _type_name(hint: Any) -> str:
+    items = typing.get_args(hint)
+    if typing.get_origin(hint) is not tuple:
+        return _TYPE_NAMES.get(hint, str(hint))
+    item = _TYPE_NAMES[items[0]].removeprefix("a ") + "s"
+    return f"a list of {item}" if items[-1] is Ellipsis else f"a list of {len(items)} {item}"
+
+
+_type_hints = functools.cache(typing.get_type_hints)
+
+
+def check_field_types(spec: Any) -> None:
+    """Every field of a spec holds its annotated type (finite numbers; lists for tuples); else a one-line SpecError."""
+    hints = _type_hints(type(spec))
+    for field in fields(spec):
+        value = getattr(spec, field.name)
+        if not _fits(value, hints[field.name]):
+            shown = list(value) if isinstance(value, tuple) else value  # as a TOML array is written
+            raise SpecError(f"{field.name}={shown!r} is not valid; {_type_name(hints[field.name])}")
 
 
 STEMS = ("resnet", "patchify")
@@ -104,6 +162,7 @@ class ArchSpec:
     width_multiplier: float = 1.0
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # the types of every flag, list items included; the ranges follow
         choice("stem", self.stem, STEMS)
         choice("block", self.block, BLOCKS)
         choice("activation", self.activation, ACTIVATIONS)
@@ -155,6 +214,27 @@ class ArchSpec:
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
+# timm's resampling filters by name (timm.data.transforms.str_to_interp_mode).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "box", "hamming", "lanczos")
+# The valid interval of each numeric recipe setting; whole numbers, names and lists are checked by name.
+RECIPE_RANGES = {
+    "base_lr": "(0, inf)", "momentum": "[0, 1)", "weight_decay": "[0, inf)", "warmup_epochs": "[0, inf)",
+    "lr_decay": "(0, 1]", "min_lr": "[0, inf)", "color_jitter": "[0, inf)", "mixup_alpha": "[0, inf)",
+    "cutmix_alpha": "[0, inf)", "mixup_switch_prob": "[0, 1]", "random_erasing": "[0, 1]",
+    "label_smoothing": "[0, 1)", "eval_crop_pct": "(0, 1]", "clip_grad_norm": "[0, inf)",
+}
+# timm's RandAugment string (rand_augment_transform's grammar): "rand", then "-"-separated sections.
+RAND_AUGMENT = ("'' (none) or 'rand' then sections m<int> (magnitude), n<int> (ops per image), mstd<number>, "
+                "mmax<int>, inc<0|1>, p<number in [0, 1]>, t<weights|3a|3aw>; e.g. 'rand-m9-mstd0.5-inc1'")
+_RAND_SECTION = re.compile(r"(m|n|mmax)\d+|inc[01]|mstd\d+(\.\d*)?|p(0(\.\d*)?|1(\.0*)?)|t(weights|3a|3aw)")
+
+
+def rand_augment(name: str, value: str) -> str:
+    """`value` if it is "" or a RandAugment string timm reads; stricter than timm, which skips what it cannot read."""
+    head, *sections = value.split("-")
+    if value and (head != "rand" or not all(_RAND_SECTION.fullmatch(section) for section in sections)):
+        raise SpecError(f"{name}={value!r} is not valid; {RAND_AUGMENT}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -200,14 +280,32 @@ class RecipeSpec:
     clip_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
-        choice("optimizer", self.optimizer, OPTIMIZERS)
-        choice("schedule", self.schedule, SCHEDULES)
+        check_field_types(self)
         object.__setattr__(self, "betas", tuple(self.betas))
         object.__setattr__(self, "lr_milestones", tuple(self.lr_milestones))
+        if not self.name.strip():
+            raise SpecError(f"name={self.name!r} is not valid; a recipe name, e.g. classic or modern")
+        choice("optimizer", self.optimizer, OPTIMIZERS)
+        choice("schedule", self.schedule, SCHEDULES)
+        choice("interpolation", self.interpolation, INTERPOLATIONS)
+        rand_augment("auto_augment", self.auto_augment)
         whole_number("epochs", self.epochs, 0)
-        whole_number("batch_size", self.batch_size, 1)
-        whole_number("bn_batch", self.bn_batch, 1)
-        positive_number("base_lr", self.base_lr)
+        for name in ("reference_batch", "batch_size", "bn_batch"):
+            whole_number(name, getattr(self, name), 1)
+        for name, interval in RECIPE_RANGES.items():
+            number_in(name, getattr(self, name), interval)
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise SpecError(f"betas={list(self.betas)} is not valid; two numbers in [0, 1), e.g. [0.9, 0.999]")
+        milestones = self.lr_milestones
+        if not all(0 < m <= 1 for m in milestones) or list(milestones) != sorted(set(milestones)):
+            raise SpecError(f"lr_milestones={list(milestones)} is not valid; fractions of the epochs in (0, 1], "
+                            "increasing, e.g. [0.333, 0.667]")
+
+    def check_warmup(self) -> None:
+        """Warm-up within training: checked where a recipe is final (step files), not in every intermediate copy."""
+        if self.warmup_epochs > self.epochs:
+            raise SpecError(f"warmup_epochs={self.warmup_epochs!r} is not valid with epochs={self.epochs}; "
+                            "a number in [0, epochs]")
 
     def lr(self) -> float:
         """The peak learning rate at this recipe's effective batch (linear scaling rule)."""

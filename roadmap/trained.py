@@ -149,18 +149,24 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], float, float]:
-    """The model of a last.pt, and the top-1 of its last and best epoch (the accuracy of these very weights)."""
-    from .training.checkpoint import load_checkpoint
+    """The model of a last.pt, and the top-1 of its last and best epoch (the accuracy of these very weights).
+
+    Read with torch.load(weights_only=True): a file that pickles anything but tensors and plain values is
+    refused before any of it runs (roadmap.training.checkpoint.load_checkpoint).
+    """
+    from .training.checkpoint import CheckpointError, load_checkpoint
 
     try:
         state = load_checkpoint(path)
-    except Exception as error:  # pickle, zip and torch each raise their own kinds
-        raise TrainedModelError(f"{path} is not a torch checkpoint ({type(error).__name__})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+    except CheckpointError as error:
+        raise TrainedModelError(str(error)) from None
+    model = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(model, dict) or not all(isinstance(value, torch.Tensor) for value in model.values()):
         raise TrainedModelError(f"{path} has no 'model' state dict; give a last.pt written by the training engine")
-    accuracies = [float(record.get("val_top1", math.nan)) for record in state.get("history", [])]
+    history = state.get("history", [])
+    accuracies = [float(record.get("val_top1", math.nan)) for record in history if isinstance(record, dict)]
     finite = [value for value in accuracies if math.isfinite(value)]
-    return state["model"], (accuracies[-1] if accuracies else math.nan), (max(finite) if finite else math.nan)
+    return model, (accuracies[-1] if accuracies else math.nan), (max(finite) if finite else math.nan)
 
 
 def _final_accuracy(path: Path) -> tuple[float, float]:

@@ -101,3 +101,18 @@ def recipe_for(base, *, epochs: int = 3, batch: int = 16, lr: float = 0.02, **ch
     """`base` at a tiny scale with a fixed peak lr (reference_batch = batch switches linear scaling off)."""
     return dataclasses.replace(base, epochs=epochs, batch_size=batch, reference_batch=batch, base_lr=lr,
                                bn_batch=batch, **changes)
+
+
+def plan_with_hashes(roadmap_name: str, seeds=(0,), report: str = "last", hash_of=lambda name: f"hash-{name}"):
+    """The cumulative demo plan of a roadmap, each variant's configuration hash replaced by `hash_of(name)`: a plan
+    that hand-logged runs (tagged with those hashes) belong to."""
+    import dataclasses
+
+    from roadmap import DataSpec, load_roadmap
+    from roadmap.study.planner import StudyRequest, plan_study
+    from roadmap.study.presets import get_preset
+
+    plan = plan_study(StudyRequest(roadmap=load_roadmap(roadmap_name), preset=get_preset("smoke"), data=DataSpec(),
+                                   seeds=tuple(seeds), report=report))
+    variants = tuple(dataclasses.replace(v, config_hash=hash_of(v.name)) for v in plan.variants)
+    return dataclasses.replace(plan, variants=variants)

@@ -11,7 +11,7 @@ from torch import nn
 from roadmap import DataSpec, load_roadmap
 from roadmap.recipes import CLASSIC
 from roadmap.spec import SpecError
-from roadmap.study.options import LaunchSettings, StudyOptions
+from roadmap.study.planner import ScaleOverrides, StudyRequest, plan_study
 from roadmap.study.presets import get_preset
 from roadmap.training.batching import split_batch
 from roadmap.training.engine import TrainOptions, train_and_evaluate
@@ -39,43 +39,41 @@ def test_splits_that_do_not_add_up_are_one_line_errors(args, message):
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
-def study(preset: str, launcher: str = "inline", processes: int = 1) -> StudyOptions:
-    return StudyOptions(roadmap=ROADMAP, steps=ROADMAP.steps, seeds=(0,), preset=get_preset(preset),
-                        data=DataSpec(source="imagefolder:/data/imagenet"),
-                        launch=LaunchSettings(launcher=launcher, gpus_per_node=processes))
+def plan(preset: str, processes: int = 1, micro_batch: int | None = None):
+    return plan_study(StudyRequest(roadmap=ROADMAP, preset=get_preset(preset),
+                                   data=DataSpec(source="imagefolder:/data/imagenet"), processes=processes,
+                                   overrides=ScaleOverrides(micro_batch=micro_batch)))
 
 
 @pytest.mark.parametrize("processes", [1, 2, 8])
 def test_paper_preset_keeps_the_originals_batchnorm_batch_on_any_number_of_processes(processes):
-    options = study("paper", "slurm", processes)
-    for step in ROADMAP.steps:
-        resolved = options.resolve(step)
-        expected = 32 if step.recipe.name == "classic" else 128
-        assert resolved.recipe.bn_batch == resolved.split.micro_batch == expected, step.name
-        assert resolved.split.world_size == processes
-        assert resolved.split.effective_batch == resolved.recipe.batch_size == step.recipe.batch_size
-        assert options.configuration(step)["recipe"]["bn_batch"] == expected
+    for variant in plan("paper", processes).variants:
+        expected = 32 if variant.recipe.name == "classic" else 128
+        assert variant.recipe.bn_batch == variant.micro_batch == expected, variant.name
+        assert variant.processes == processes
+        assert variant.micro_batch * variant.accumulation_steps * processes == variant.recipe.batch_size
+        assert variant.recipe.batch_size == ROADMAP.step(variant.name).recipe.batch_size
+        assert variant.configuration()["recipe"]["bn_batch"] == expected
 
 
 def test_the_batchnorm_batch_is_in_the_configuration_hash():
-    options = study("paper")
-    step = ROADMAP.step("resnet50")
-    other = dataclasses.replace(options, overrides=dataclasses.replace(options.overrides, micro_batch=64))
-    assert other.resolve(step).recipe.bn_batch == 64
-    assert other.config_hash(step) != options.config_hash(step)
+    default, other = plan("paper").variant("resnet50"), plan("paper", micro_batch=64).variant("resnet50")
+    assert other.recipe.bn_batch == 64
+    assert other.config_hash != default.config_hash
 
 
 def test_proxy_and_demo_state_their_batchnorm_batch():
-    proxy, demo = study("proxy"), study("demo")
-    assert proxy.resolve(ROADMAP.step("resnet50")).split.describe() == "batch 1024 (32 x 32 accumulation x 1 processes)"
-    assert proxy.resolve(ROADMAP.step("kernel_7")).recipe.bn_batch == 128
+    proxy, demo = plan("proxy"), plan("demo")
+    resnet = proxy.variant("resnet50")
+    assert (resnet.micro_batch, resnet.accumulation_steps, resnet.processes) == (32, 32, 1)
+    assert proxy.variant("kernel_7").recipe.bn_batch == 128
     # demo and smoke: each process's whole share of the batch at once.
-    assert demo.resolve(ROADMAP.step("resnet50")).recipe.bn_batch == 64
+    assert demo.variant("resnet50").recipe.bn_batch == 64
 
 
 def test_too_many_processes_for_the_batchnorm_batch_are_refused_before_training():
     with pytest.raises(SpecError, match="use at most 8 processes"):
-        study("paper", "slurm", 16).resolve(ROADMAP.step("resnet50"))
+        plan("paper", 16)
 
 
 def test_batchnorm_statistics_of_every_training_forward_are_over_the_micro_batch(tmp_path):

@@ -10,21 +10,27 @@ from roadmap import load_roadmap
 
 
 def test_dry_run_json_lists_every_step_up_to_the_target(cli):
+    from roadmap.study.plan_table import VARIANT_KEYS
+
     result = cli("--upto", "kernel_9", "--dry-run", "--json")
     assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)
+    plan = json.loads(result.stdout)
+    rows = plan["variants"]
     roadmap = load_roadmap("resnet50_to_convnext_t")
-    assert [row["step"] for row in rows] == roadmap.names()[: roadmap.names().index("kernel_9") + 1]
-    assert set(rows[0]) == {"step", "group", "adopted", "params", "gmacs", "paper_top1", "paper_gflops", "recipe",
-                            "epochs", "image_size", "batch_size", "micro_batch", "accumulation_steps", "processes",
-                            "bn_batch", "peak_lr"}
+    assert (plan["ablation"], plan["upto"], plan["preset"], plan["seeds"], plan["units"]) == (
+        "cumulative", "kernel_9", "demo", [0], len(rows))
+    assert [row["variant"] for row in rows] == roadmap.names()[: roadmap.names().index("kernel_9") + 1]
+    assert tuple(rows[0]) == VARIANT_KEYS
     assert (rows[0]["recipe"], rows[0]["batch_size"], rows[0]["bn_batch"], rows[0]["processes"]) == ("classic", 64,
                                                                                                        64, 1)
-    assert rows[0]["params"] == PUBLISHED_PARAMS["resnet50"] and rows[0]["gmacs"] == pytest.approx(4.09, abs=0.01)
-    assert [row["adopted"] for row in rows if row["step"].startswith("kernel_")] == [False, True, False]
+    assert rows[0]["paper_scale_params"] == PUBLISHED_PARAMS["resnet50"]
+    assert rows[0]["paper_scale_gmacs"] == pytest.approx(4.09, abs=0.01)
+    assert rows[0]["gmacs"] < 0.01 and rows[0]["image_size"] == 32  # what trains here: 32 px, 1/4 width
+    assert [row["adopted"] for row in rows if row["variant"].startswith("kernel_")] == [False, True, False]
     for row, step in zip(rows, roadmap.steps):
-        assert (row["group"], row["paper_top1"], row["paper_gflops"]) == (
-            step.group, step.paper["top1"], step.paper["gflops"])
+        assert (row["group"], row["paper_top1"], row["paper_gflops"], row["baseline"]) == (
+            step.group, step.paper["top1"], step.paper["gflops"], step.parent)
+        assert row["trains"] and len(row["config_hash"]) == 16
 
 
 def test_list_steps_prints_a_table_with_units_and_the_disagreeing_rows(cli):
@@ -40,10 +46,10 @@ def test_list_steps_prints_a_table_with_units_and_the_disagreeing_rows(cli):
 def test_second_roadmap_plan_computes_every_step(cli):
     result = cli("--roadmap", "resnet200_to_convnext_b", "--dry-run", "--json")
     assert result.returncode == 0, result.stderr
-    rows = json.loads(result.stdout)
-    assert rows[0]["step"] == "resnet200" and rows[-1]["step"] == "separate_downsampling"
-    assert all(row["gmacs"] > 1 for row in rows)
-    assert rows[-1]["params"] == PUBLISHED_PARAMS["convnext_base"]
+    rows = json.loads(result.stdout)["variants"]
+    assert rows[0]["variant"] == "resnet200" and rows[-1]["variant"] == "separate_downsampling"
+    assert all(row["paper_scale_gmacs"] > 1 for row in rows)
+    assert rows[-1]["paper_scale_params"] == PUBLISHED_PARAMS["convnext_base"]
     assert cli("--list-roadmaps").stdout.count("steps") == 2
 
 

@@ -44,7 +44,7 @@ def test_learns_a_separable_task(recipe, tmp_path):
     assert result.status == "finished" and result.reason == ""
     assert result.epochs_completed == 3 and result.resumed_from_epoch == 0
     assert [r.epoch for r in records] == [1, 2, 3]
-    assert tuple(records[0].metrics()) == EPOCH_FIELDS
+    assert tuple(records[0].metrics()) == (*EPOCH_FIELDS, "data_wait_pct")
     assert list(result.history) == records
     assert records[-1].train_loss < records[0].train_loss
     assert result.top1 >= 90.0  # chance is 25 %

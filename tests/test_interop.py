@@ -90,7 +90,8 @@ def test_logit_comparison_catches_a_block_off_by_one(interop: str, block_tensor:
 
 
 def test_any_depth_width_and_class_count_resnet():
-    arch = dataclasses.replace(RESNET50, depths=(1, 2, 1, 1), base_width=16)
+    # Stages 64, 128, 256, 512 wide (hidden 16 ... 128) after timm's fixed 64-wide stem.
+    arch = dataclasses.replace(RESNET50, depths=(1, 2, 1, 1), width_factors=(1, 2, 4, 8))
     model = randomize_(build_model(arch, num_classes=7))
     reference = ResNet(Bottleneck, (1, 2, 1, 1), channels=(16, 32, 64, 128), num_classes=7)
     reference.load_state_dict(export_state_dict(model, "timm.resnet"), strict=True)

@@ -54,7 +54,7 @@ def test_dry_run_plans_the_processes_of_a_slurm_job(tmp_path, cli):
                  "--device", "cpu", "--upto", "modern_recipe", "--gpus-per-node", "8", "--launcher", "local",
                  cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    rows = {row["step"]: row for row in json.loads(result.stdout)}
+    rows = {row["variant"]: row for row in json.loads(result.stdout)["variants"]}
     assert (rows["resnet50"]["processes"], rows["resnet50"]["bn_batch"], rows["resnet50"]["micro_batch"],
             rows["resnet50"]["accumulation_steps"]) == (8, 32, 32, 1)
     assert (rows["modern_recipe"]["bn_batch"], rows["modern_recipe"]["accumulation_steps"]) == (128, 4)
@@ -125,13 +125,14 @@ def log_span(log: Path) -> tuple[datetime, datetime]:
 
 def test_a_run_claimed_by_another_process_is_not_trained_again(tmp_path, cli):
     from roadmap import load_roadmap
-    from roadmap.cli.ablation import main, study_options
+    from roadmap.cli.ablation import build_study, main
+    from roadmap.schema import checkpoint_folder
     from roadmap.study.claim import Claim
 
     args = ["--upto", "modern_recipe", "--preset", "smoke", "--no-progress"]
-    roadmap = load_roadmap("resnet50_to_convnext_t")
-    study = study_options(roadmap, roadmap.upto("modern_recipe"), [0], main.make_context("x", list(args)).params)
-    with Claim(tmp_path / study.checkpoint_folder(roadmap.step("resnet50"), 0)) as claim:
+    study = build_study(load_roadmap("resnet50_to_convnext_t"), main.make_context("x", list(args)).params)
+    resnet = study.plan.variant("resnet50")
+    with Claim(tmp_path / checkpoint_folder(study.checkpoint_dir, study.experiment, resnet.config_hash, 0)) as claim:
         assert claim.acquire()
         result = cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -56,8 +56,10 @@ def make_summary(seeds: int = 3, missing: tuple[str, ...] = (), failed: tuple[st
         ran = status == "finished"
         paper_top1, paper_std, paper_gflops = TABLE_10[step.name]
         row = dict.fromkeys(SUMMARY_COLUMNS, math.nan) | {
-            "roadmap": ROADMAP.name, "order": i, "step": step.name, "group": step.group, "adopted": step.adopted,
-            "parent": step.parent or "", "n_seeds": seeds if ran else 0,
+            "roadmap": ROADMAP.name, "ablation": "cumulative", "order": i, "variant": step.name,
+            "label": step.name.replace("_", " "), "step": step.name, "group": step.group, "adopted": step.adopted,
+            "baseline": step.parent or "", "note": "", "paper_note": step.paper.get("note", ""),
+            "n_seeds": seeds if ran else 0,
             "seeds": ",".join(map(str, range(seeds))) if ran else "", "status": status,
             "paper_top1": paper_top1, "paper_top1_std": paper_std, "paper_gflops": paper_gflops,
             "dataset": data[0] if status != "missing" else "", "data_kind": data[1] if status != "missing" else "",
@@ -253,8 +255,9 @@ def test_bad_summaries_are_one_line_errors():
     with pytest.raises(plot_data.SummaryError, match="holds roadmap 'resnet200_to_convnext_b', not 'resnet50_to_conv"):
         plot_data.accuracy_vs_gmacs_data(other, ROADMAP)
     unknown = make_summary()
-    unknown.loc[3, "step"] = "patchify"
-    with pytest.raises(plot_data.SummaryError, match="steps not in roadmap 'resnet50_to_convnext_t': patchify; valid"):
+    unknown.loc[3, "baseline"] = "patchify"
+    with pytest.raises(plot_data.SummaryError, match="variant patchify_stem is compared with 'patchify', which is not "
+                                                     "in the summary; its variants: resnet50, "):
         plot_data.roadmap_chart_data(unknown, ROADMAP)
 
 
@@ -399,11 +402,13 @@ def test_significant_deltas_are_marked_on_the_chart_and_named_in_the_legend():
 def test_accuracy_vs_gmacs_draws_each_steps_interval_as_an_error_bar():
     summary = make_summary(seeds=3)
     data = plot_data.accuracy_vs_gmacs_data(summary, ROADMAP)
-    assert [(p.y_low, p.y_high) for p in data.study.points] == pytest.approx(
-        list(zip(summary["top1_ci_low"], summary["top1_ci_high"])))
+    # pytest.approx takes flat sequences only (pytest >= 9): compare the (low, high) pairs flattened.
+    assert [bound for p in data.study.points for bound in (p.y_low, p.y_high)] == pytest.approx(
+        [bound for pair in zip(summary["top1_ci_low"], summary["top1_ci_high"]) for bound in pair])
     fig = plot.draw_accuracy_vs_gmacs(data)
     segments = [segment for collection in fig.axes[0].collections if hasattr(collection, "get_segments")
                 for segment in collection.get_segments()]
     spans = sorted((float(seg[0][1]), float(seg[1][1])) for seg in segments if seg[0][0] == seg[1][0])
-    assert spans == pytest.approx(sorted(zip(summary["top1_ci_low"], summary["top1_ci_high"])))
+    assert [bound for span in spans for bound in span] == pytest.approx(
+        [bound for pair in sorted(zip(summary["top1_ci_low"], summary["top1_ci_high"])) for bound in pair])
     assert "error bars: 95 % interval" in fig.legends[0].get_title().get_text()

@@ -1,6 +1,7 @@
 """Results: MLflow step runs -> one row per roadmap step, mean ± std over seeds, Δ to the parent, paper columns."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import plan_with_hashes
 
 from roadmap.errors import SpecError
 from roadmap.report.results import SUMMARY_COLUMNS, ResultsError, read_summary_csv, study_summary, summarize
@@ -41,7 +43,7 @@ def final_metrics(step: str, seed: int, top1: float) -> dict:
 
 
 def step_tags(step, preset: str = "smoke") -> dict:
-    return {"order": step.order, "group": step.group, "adopted": step.adopted, "parent_step": step.parent or "",
+    return {"order": step.order, "group": step.group, "adopted": step.adopted, "baseline": step.parent or "",
             "roadmap": ROADMAP, "dataset": "synthetic (10 classes)", "data_kind": "synthetic", "preset": preset,
             "device": "cpu"}
 
@@ -81,9 +83,14 @@ def study(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def summary(study):
-    uri, roadmap = study
-    return summarize(load_runs(uri, EXPERIMENT), roadmap)
+def plan():
+    return plan_with_hashes(ROADMAP, seeds=(0, 1, 2))
+
+
+@pytest.fixture(scope="module")
+def summary(study, plan):
+    uri, _ = study
+    return summarize(load_runs(uri, EXPERIMENT), plan)
 
 
 def finished_top1(name: str) -> list[float]:
@@ -92,7 +99,7 @@ def finished_top1(name: str) -> list[float]:
 
 
 def row(summary: pd.DataFrame, step: str) -> pd.Series:
-    return summary.set_index("step").loc[step]
+    return summary.set_index("variant").loc[step]
 
 
 def test_load_runs_has_one_row_per_run_key_with_status_and_metrics(study):
@@ -117,10 +124,11 @@ def test_load_runs_has_one_row_per_run_key_with_status_and_metrics(study):
 def test_summary_has_every_step_in_roadmap_order_and_exact_columns(summary, study):
     _, roadmap = study
     assert tuple(summary.columns) == SUMMARY_COLUMNS
-    assert list(summary["step"]) == roadmap.names()
+    assert list(summary["variant"]) == list(summary["step"]) == roadmap.names()
     assert list(summary["order"]) == list(range(len(roadmap.steps)))
     assert list(summary["adopted"]) == [step.adopted for step in roadmap.steps]
-    assert list(summary["parent"]) == [step.parent or "" for step in roadmap.steps]
+    assert list(summary["baseline"]) == [step.parent or "" for step in roadmap.steps]
+    assert set(summary["ablation"]) == {"cumulative"}
 
 
 def test_means_and_stds_equal_numpys_over_finished_seeds(summary):
@@ -143,7 +151,7 @@ def test_means_and_stds_equal_numpys_over_finished_seeds(summary):
 
 
 def test_status_per_step(summary):
-    statuses = summary.set_index("step")["status"]
+    statuses = summary.set_index("variant")["status"]
     assert statuses["resnet50"] == "finished"
     assert statuses["modern_recipe"] == "partial"
     assert statuses["kernel_7"] == "partial"
@@ -153,7 +161,7 @@ def test_status_per_step(summary):
 
 
 def test_delta_is_against_the_parent_step(summary):
-    means = summary.set_index("step")["top1_mean"]
+    means = summary.set_index("variant")["top1_mean"]
     assert row(summary, "kernel_5")["delta_top1"] == pytest.approx(means["kernel_5"] - means["move_up_dwconv"])
     assert row(summary, "kernel_7")["delta_top1"] == pytest.approx(means["kernel_7"] - means["move_up_dwconv"])
     assert row(summary, "modern_recipe")["delta_top1"] == pytest.approx(means["modern_recipe"] - means["resnet50"])
@@ -201,7 +209,7 @@ def test_written_csv_reads_back_equal_to_the_logged_metrics(summary, tmp_path):
     markdown = md_path.read_text()
     assert "multiply-accumulates" in markdown and "synthetic" in markdown and "smoke" in markdown
     assert "Liu et al. 2022, Table 10" in markdown and "top-1 (%, last epoch)" in markdown
-    assert "seeds: 0,1,2" in markdown
+    assert "seeds in this table: 0,1,2" in markdown
     mean, std = np.mean(finished_top1("kernel_5")), np.std(finished_top1("kernel_5"), ddof=1)
     assert f"{mean:.2f} ± {std:.2f}" in markdown
     assert "_kernel_5_ (explored)" in markdown and "| missing |" in markdown
@@ -217,23 +225,27 @@ def test_read_summary_csv_names_missing_columns(tmp_path, summary):
         read_summary_csv(tmp_path / "nowhere.csv")
 
 
-def test_study_summary_reads_the_store_and_rejects_unknown_experiments(study, summary, tmp_path):
-    uri, roadmap = study
-    pd.testing.assert_frame_equal(study_summary(uri, EXPERIMENT, roadmap), summary)
+def test_study_summary_reads_the_store_and_rejects_unknown_experiments(study, summary, plan, tmp_path):
+    uri, _ = study
+    pd.testing.assert_frame_equal(study_summary(uri, EXPERIMENT, plan), summary)
     with pytest.raises(TrackingError, match="'no_such_study' does not exist"):
-        study_summary(uri, "no_such_study", roadmap)
+        study_summary(uri, "no_such_study", plan)
     with pytest.raises(TrackingError, match="does not exist"):
-        study_summary(f"sqlite:///{tmp_path / 'empty.db'}", EXPERIMENT, roadmap)
+        study_summary(f"sqlite:///{tmp_path / 'empty.db'}", EXPERIMENT, plan)
 
 
-def test_summarize_a_hand_made_table_prefers_completed_then_newest(roadmap_t):
+def test_summarize_a_hand_made_table_prefers_completed_then_newest(plan):
+    common = {"step": "resnet50", "roadmap": ROADMAP, "config_hash": "hash-resnet50"}
     runs = pd.DataFrame([
-        {"step": "resnet50", "seed": 0, "status": "finished", "roadmap": ROADMAP, "top1": 70.0},
-        {"step": "resnet50", "seed": 0, "status": "failed", "roadmap": ROADMAP, "top1": math.nan},
-        {"step": "resnet50", "seed": 1, "status": "finished", "roadmap": ROADMAP, "top1": 71.0},
-        {"step": "resnet50", "seed": 1, "status": "finished", "roadmap": ROADMAP, "top1": 72.0},
+        {**common, "seed": 0, "status": "finished", "top1": 70.0},
+        {**common, "seed": 0, "status": "failed", "top1": math.nan},
+        {**common, "seed": 1, "status": "finished", "top1": 71.0},
+        {**common, "seed": 1, "status": "finished", "top1": 72.0},
+        # Another configuration of the same variant name, and a seed the plan did not ask for: never mixed in.
+        {**common, "config_hash": "3-epochs", "seed": 0, "status": "finished", "top1": 99.0},
+        {**common, "seed": 7, "status": "finished", "top1": 98.0},
     ])
-    got = row(summarize(runs.reindex(columns=list(RUN_COLUMNS)), roadmap_t), "resnet50")
+    got = row(summarize(runs.reindex(columns=list(RUN_COLUMNS)), plan), "resnet50")
     assert (got["status"], got["seeds"], got["top1_mean"]) == ("finished", "0,1", 71.0)
 
 
@@ -247,28 +259,28 @@ def test_the_table_names_the_paper_table_of_its_roadmap(tmp_path):
     for name, table, other in (("resnet50_to_convnext_t", "Table 10", "Table 11"),
                                ("resnet200_to_convnext_b", "Table 11", "Table 10")):
         roadmap = load_roadmap(name)
-        summary = summarize(pd.DataFrame(columns=list(RUN_COLUMNS)), roadmap)
+        summary = summarize(pd.DataFrame(columns=list(RUN_COLUMNS)), plan_with_hashes(name))
         _, md_path = write_results(summary, tmp_path / name, roadmap.paper_table)
         markdown = md_path.read_text()
         assert f"Liu et al. 2022, {table}" in markdown and other not in markdown
         assert roadmap.paper_source == f"paper ({table})"
 
 
-def test_report_best_summarizes_and_draws_the_best_epochs_top1(study):
+def test_report_best_summarizes_and_draws_the_best_epochs_top1(study, plan):
     from roadmap.report import plot_data
 
-    uri, roadmap = study
+    uri, _ = study
     runs = load_runs(uri, EXPERIMENT)
-    last, best = summarize(runs, roadmap), summarize(runs, roadmap, report="best")
+    last, best = summarize(runs, plan), summarize(runs, dataclasses.replace(plan, report="best"))
     for name in ("resnet50", "move_up_dwconv", "kernel_5"):
         assert row(best, name)["top1_mean"] == pytest.approx(np.mean(finished_top1(name)) + 1, abs=1e-12)
         assert row(last, name)["top1_mean"] == pytest.approx(np.mean(finished_top1(name)), abs=1e-12)
         assert row(best, name)["top1_best_mean"] == row(last, name)["top1_best_mean"] == row(best, name)["top1_mean"]
     assert set(best["report"]) == {"best"}
-    chart = plot_data.roadmap_chart_data(best, roadmap)
+    chart = plot_data.roadmap_chart_data(best, plan.roadmap)
     assert chart.rows[0].top1 == row(best, "resnet50")["top1_mean"]
     assert "top-1 of the best epoch" in chart.label.caption
     _, md_path = write_results(best, Path(uri[len("sqlite:///"):]).parent / "best", "Table 10")
     assert "top-1 (%, best epoch)" in md_path.read_text() and "best epoch's" in md_path.read_text()
     with pytest.raises(SpecError, match="report='middle' is not valid; choose one of: last, best"):
-        summarize(runs, roadmap, report="middle")
+        summarize(runs, dataclasses.replace(plan, report="middle"))

@@ -164,11 +164,12 @@ def test_a_failing_job_is_named_with_its_error_and_log_and_a_rerun_resubmits_onl
     args = ["--upto", "modern_recipe", "--preset", "smoke", *SLURM]
     # A damaged checkpoint makes the modern_recipe job fail when it tries to resume from it.
     context = main.make_context("run_ablation.py", list(args))
-    from roadmap.cli.ablation import study_options
+    from roadmap.cli.ablation import build_study
+    from roadmap.schema import checkpoint_folder
 
-    roadmap = load_roadmap("resnet50_to_convnext_t")
-    study = study_options(roadmap, roadmap.upto("modern_recipe"), [0], context.params)
-    broken = (tmp_path / study.checkpoint_folder(roadmap.step("modern_recipe"), 0)) / "last.pt"
+    study = build_study(load_roadmap("resnet50_to_convnext_t"), context.params)
+    modern = study.plan.variant("modern_recipe")
+    broken = tmp_path / checkpoint_folder(study.checkpoint_dir, study.experiment, modern.config_hash, 0) / "last.pt"
     broken.parent.mkdir(parents=True)
     broken.write_bytes(b"not a checkpoint")
 
@@ -177,7 +178,7 @@ def test_a_failing_job_is_named_with_its_error_and_log_and_a_rerun_resubmits_onl
     lines = [line for line in failed.stderr.splitlines() if line.startswith("FAILED modern_recipe seed 0: ")]
     assert len(lines) == 1 and "log " in lines[0] and "_log.err" in lines[0]
     assert "pickle" in lines[0].lower() or "load" in lines[0].lower()  # the job's own last error line
-    assert "failed steps: modern_recipe; " in failed.stderr
+    assert "failed variants: modern_recipe; " in failed.stderr
     assert Path(lines[0].rsplit("log ", 1)[1].rstrip(")")).is_file()
 
     broken.unlink()

@@ -15,11 +15,12 @@ SMOKE_UPTO = "bn_to_ln"
 EPOCH_METRICS = {"train_loss", "lr", "val_top1", "val_top5", "train_img_per_s"}
 FINAL_METRICS = {"top1", "top5", "top1_best", "top1_best_epoch", "params", "gmacs", "train_img_per_s", "eval_img_per_s",
                  "peak_memory_mb", "wall_time_s"}
-STEP_TAGS = {"step", "order", "group", "adopted", "parent_step", "seed", "config_hash", "git_revision",
+STEP_TAGS = {"step", "order", "group", "adopted", "baseline", "ablation", "hash_version", "seed", "config_hash",
+             "git_revision",
              "torch_version", "torchvision_version", "timm_version", "device", "roadmap", "dataset", "data_kind",
              "preset", "delta_test"}
 STEP_ARTIFACTS = {"config.json", "weights.safetensors", "predictions.csv", "predictions_best.csv"}
-STUDY_ARTIFACTS = {"roadmap.csv", "roadmap.md", "roadmap.png", "roadmap.svg", "accuracy_vs_gmacs.png",
+STUDY_ARTIFACTS = {"plan.json", "roadmap.csv", "roadmap.md", "roadmap.png", "roadmap.svg", "accuracy_vs_gmacs.png",
                    "accuracy_vs_gmacs.svg", "accuracy_vs_throughput.png", "accuracy_vs_throughput.svg"}
 
 
@@ -83,9 +84,9 @@ def test_mlflow_holds_one_parent_and_a_nested_run_per_step(smoke_study):
         history = client.get_metric_history(run.info.run_id, "val_top1")
         assert [m.step for m in history] == [1]
     kernel_5 = next(r for r in steps if r.data.tags["step"] == "kernel_5")
-    assert kernel_5.data.tags["adopted"] == "False" and kernel_5.data.tags["parent_step"] == "move_up_dwconv"
+    assert kernel_5.data.tags["adopted"] == "False" and kernel_5.data.tags["baseline"] == "move_up_dwconv"
     config = json.loads((workdir / "mlruns").rglob("config.json").__next__().read_text())
-    assert {"arch", "recipe", "data", "preset", "step"} <= set(config)
+    assert {"arch", "recipe", "data", "preset", "step", "variant", "hash_version", "batch_split"} <= set(config)
 
 
 def test_results_csv_holds_exactly_the_runs_numbers(smoke_study):
@@ -95,7 +96,7 @@ def test_results_csv_holds_exactly_the_runs_numbers(smoke_study):
     assert (workdir / "results" / "resnet50_to_convnext_t" / "roadmap.md").read_text().count("| finished |") == 16
     by_step = {r.data.tags["step"]: r.data.metrics for r in runs if r.data.tags.get("run_kind") == "step"}
     names = load_roadmap("resnet50_to_convnext_t").names()
-    assert list(table["step"]) == names[: names.index(SMOKE_UPTO) + 1]  # roadmap order
+    assert list(table["variant"]) == names[: names.index(SMOKE_UPTO) + 1]  # roadmap order
     for row in table.itertuples():
         metrics = by_step[row.step]
         assert row.top1_mean == pytest.approx(metrics["top1"], abs=1e-9)
@@ -127,11 +128,15 @@ def test_plot_draws_every_figure_from_the_study(smoke_study, cli):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unreachable_tracking_server_fails_before_training(tmp_path, cli):
-    result = cli("--upto", "resnet50", "--preset", "smoke", "--tracking-uri", "http://127.0.0.1:9", cwd=tmp_path)
-    assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1 and "127.0.0.1:9" in result.stderr
-    assert not (tmp_path / "checkpoints").exists()
+def test_a_tracking_server_that_stays_down_is_waited_for_then_exit_1_before_training(tmp_path, cli):
+    """Down is not a bad input: the study waits (one line says so), then stops with exit code 1, trains nothing."""
+    result = cli("--upto", "resnet50", "--preset", "smoke", "--tracking-uri", "http://127.0.0.1:9",
+                 "--tracking-patience-min", "0.05", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "tracking server http://127.0.0.1:9 unreachable (Connection refused); retrying for up to 3 s"
+    assert lines[-1].startswith("error: tracking server http://127.0.0.1:9 still unreachable after 3 s")
+    assert len(lines) == 2 and not (tmp_path / "checkpoints").exists()
 
 
 def test_malformed_tracking_uri_fails_before_training(tmp_path, cli):
@@ -147,7 +152,7 @@ def test_benchmark_records_every_step_in_the_results_table(tmp_path, cli):
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Throughput in img/s on cpu" in result.stdout and "batch 4, 32x32 px, fp32" in result.stdout
     table = pd.read_csv(tmp_path / "results" / "resnet50_to_convnext_t" / "roadmap.csv")
-    assert list(table["step"]) == ["resnet50", "modern_recipe", "stage_ratio"]
+    assert list(table["variant"]) == ["resnet50", "modern_recipe", "stage_ratio"]
     assert (table["bench_train_img_per_s"] > 0).all() and (table["bench_eval_img_per_s"] > 0).all()
     assert (table["status"] == "missing").all()  # measured, not trained
 
@@ -179,7 +184,7 @@ def test_a_roadmap_from_steps_dir_is_summarized_against_its_own_steps(tmp_path, 
                  cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     table = pd.read_csv(tmp_path / "results" / "mine" / "roadmap.csv")
-    assert list(table["step"]) == ["resnet50", "modern_recipe", "wider_stem"]
+    assert list(table["variant"]) == ["resnet50", "modern_recipe", "wider_stem"]
     assert list(table["status"]) == ["finished"] * 3 and (tmp_path / "results" / "mine" / "roadmap.png").exists()
     redrawn = cli("plot_roadmap.py", "--steps-dir", str(tmp_path / "roadmaps"), "--roadmap", "mine", "--out",
                   str(tmp_path / "again"), cwd=tmp_path)
@@ -196,7 +201,7 @@ def test_one_seed_deltas_are_mcnemar_and_bootstrap_over_the_stored_predictions(s
     workdir, _ = smoke_study
     client, runs = _runs(workdir)
     by_step = {r.data.tags["step"]: r for r in runs if r.data.tags.get("run_kind") == "step"}
-    table = pd.read_csv(workdir / "results" / "resnet50_to_convnext_t" / "roadmap.csv").set_index("step")
+    table = pd.read_csv(workdir / "results" / "resnet50_to_convnext_t" / "roadmap.csv").set_index("variant")
 
     def correct(step: str):
         path = client.download_artifacts(by_step[step].info.run_id, "predictions.csv", str(tmp_path / step))

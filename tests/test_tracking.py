@@ -20,6 +20,7 @@ from roadmap.tracking import (
     StepRun,
     Tracker,
     TrackingError,
+    TrackingUnreachable,
     environment_tags,
     experiment_exists,
     load_metric_history,
@@ -34,7 +35,7 @@ EPOCHS = [
 FINAL = {"top1": 30.5, "top5": 70.25, "params": 25557032, "gmacs": 4.09, "train_img_per_s": 102.0,
          "eval_img_per_s": 300.0, "peak_memory_mb": 812.5, "wall_time_s": 12.25}
 STEP_PARAMS = {"arch": {"kernel_size": 7, "depths": [3, 3, 9, 3]}, "recipe": {"base_lr": 0.004}, "seed": 0}
-STEP_TAGS = {"order": 9, "group": "large kernel", "adopted": True, "parent_step": "move_up_dwconv",
+STEP_TAGS = {"order": 9, "group": "large kernel", "adopted": True, "baseline": "move_up_dwconv",
              "roadmap": "resnet50_to_convnext_t", "dataset": "synthetic", "preset": "smoke", "device": "cpu"}
 CONFIG = {"arch": {"kernel_size": 7, "depths": [3, 3, 9, 3]}, "recipe": {"base_lr": 0.004}, "data": {"image_size": 32}}
 
@@ -47,7 +48,9 @@ def store(tmp_path_factory) -> str:
 
 @pytest.fixture
 def tracker(store, request) -> Tracker:
-    return Tracker(store, request.node.name)
+    # MLflow's system metrics would add system/* keys to the runs compared here: tests/test_tracking_server.py
+    # checks them.
+    return Tracker(store, request.node.name, system_metrics=False)
 
 
 def client_for(tracker: Tracker) -> MlflowClient:
@@ -85,9 +88,9 @@ def test_study_nests_step_runs_with_params_metrics_tags_and_config(tracker, tmp_
     assert step_run.data.params == {"arch.kernel_size": "7", "arch.depths": "[3, 3, 9, 3]",
                                     "recipe.base_lr": "0.004", "seed": "0"}
     tags = step_run.data.tags
-    assert {key: tags[key] for key in ("step", "seed", "config_hash", "order", "adopted", "parent_step", "status")} \
+    assert {key: tags[key] for key in ("step", "seed", "config_hash", "order", "adopted", "baseline", "status")} \
         == {"step": "kernel_7", "seed": "0", "config_hash": "hash7", "order": "9", "adopted": "True",
-            "parent_step": "move_up_dwconv", "status": "finished"}
+            "baseline": "move_up_dwconv", "status": "finished"}
     assert tags["reason"] == "-"
     expected_final = {key: float(value) for key, value in FINAL.items()}
     expected_final |= {key: EPOCHS[-1][key] for key in ("train_loss", "lr", "val_top1", "val_top5")}
@@ -113,21 +116,21 @@ def test_artifacts_live_beside_the_sqlite_database(tracker, store):
             / "config.json").is_file()
 
 
-def test_find_finished_matches_step_seed_and_hash_only(tracker):
+def test_find_finished_matches_seed_and_hash_whatever_the_variant_was_called(tracker):
+    """A run is its configuration and seed: a leave-one-out variant that is a cumulative step reuses its run."""
     with tracker.study("invocation", params={}, tags={}):
-        finished = log_step(tracker, "kernel_7", 0, "hashA")
-        log_step(tracker, "kernel_7", 1, "hashB")
-    assert tracker.find_finished("kernel_7", 0, "hashA") == finished.run_id
-    assert tracker.find_finished("kernel_7", 0, "hashB") is None
-    assert tracker.find_finished("kernel_7", 2, "hashA") is None
-    assert tracker.find_finished("kernel_5", 0, "hashA") is None
+        finished = log_step(tracker, "bn_to_ln", 0, "hashA")
+        log_step(tracker, "bn_to_ln", 1, "hashB")
+    assert tracker.find_finished(0, "hashA") == finished.run_id
+    assert tracker.find_finished(0, "hashB") is None
+    assert tracker.find_finished(2, "hashA") is None
 
 
 def test_diverged_run_counts_as_finished_and_keeps_its_reason(tracker):
     run = log_step(tracker, "bn_to_ln", 0, "h", final={"top1": 0.1}, status=Status.DIVERGED, reason="loss is nan")
     tags = client_for(tracker).get_run(run.run_id).data.tags
     assert (tags["status"], tags["reason"]) == ("diverged", "loss is nan")
-    assert tracker.find_finished("bn_to_ln", 0, "h") == run.run_id
+    assert tracker.find_finished(0, "h") == run.run_id
 
 
 def test_interrupted_step_run_is_resumed_not_duplicated(tracker):
@@ -140,7 +143,7 @@ def test_interrupted_step_run_is_resumed_not_duplicated(tracker):
     failed = client.get_run(broken.run_id)
     assert failed.info.status == "FAILED" and client.get_run(first_parent).info.status == "FAILED"
     assert failed.data.tags["status"] == "failed" and "out of memory" in failed.data.tags["reason"]
-    assert tracker.find_finished("gelu", 0, "h") is None
+    assert tracker.find_finished(0, "h") is None
 
     with tracker.study("second", params={}, tags={}) as second_parent:
         resumed = log_step(tracker, "gelu", 0, "h")
@@ -152,7 +155,7 @@ def test_interrupted_step_run_is_resumed_not_duplicated(tracker):
     assert "out of memory" not in run.data.tags.get("reason", "")
     step_runs = [r for r in load_step_runs(tracker.tracking_uri, tracker.experiment) if r.tags["step"] == "gelu"]
     assert [r.run_id for r in step_runs] == [broken.run_id]
-    assert tracker.find_finished("gelu", 0, "h") == broken.run_id
+    assert tracker.find_finished(0, "h") == broken.run_id
 
 
 def test_keyboard_interrupt_kills_both_runs_and_propagates(tracker):
@@ -207,13 +210,14 @@ def test_unusable_local_stores_are_one_line_errors(tmp_path, monkeypatch):
         Tracker((tmp_path / "mlruns").as_uri(), "x")
 
 
-def test_unreachable_server_fails_fast():
+def test_unreachable_server_is_waited_for_then_an_outage_not_a_bad_input():
+    """(tests/test_tracking_server.py tells a wrong URI from a server that is down, and waits for one that is back.)"""
     start = time.monotonic()
-    with pytest.raises(TrackingError, match=r"'http://127.0.0.1:9' is unreachable"):
-        Tracker("http://127.0.0.1:9", "x")
-    assert time.monotonic() - start < 10
-    with pytest.raises(TrackingError, match="unreachable"):
-        experiment_exists("http://127.0.0.1:9", "x")
+    with pytest.raises(TrackingUnreachable, match=r"http://127.0.0.1:9 still unreachable after 2 s"):
+        Tracker("http://127.0.0.1:9", "x", patience_s=2)
+    assert 2 <= time.monotonic() - start < 10
+    with pytest.raises(TrackingUnreachable, match="unreachable"):
+        experiment_exists("http://127.0.0.1:9", "x", patience_s=0)
 
 
 def test_experiment_exists_never_creates_a_store(tmp_path, store):
@@ -291,7 +295,7 @@ def test_fake_study_against_a_real_server(mlflow_server, tmp_path):
     tracker = Tracker(uri, "served_study")
     with tracker.study("invocation", params={"seeds": "0,1"}, tags={"preset": "smoke"}) as parent:
         runs = [log_step(tracker, "kernel_7", seed, "hash7") for seed in (0, 1)]
-    assert tracker.find_finished("kernel_7", 1, "hash7") == runs[1].run_id
+    assert tracker.find_finished(1, "hash7") == runs[1].run_id
     assert experiment_exists(uri, "served_study")
     loaded = load_step_runs(uri, "served_study")
     assert {r.run_id for r in loaded} == {run.run_id for run in runs}

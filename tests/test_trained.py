@@ -61,7 +61,7 @@ def save_run(root: Path, step: str, seed: int = 0) -> SimpleNamespace:
     config = {"roadmap": ROADMAP, "step": step, "preset": "smoke", "arch": to_dict(model.arch),
               "recipe": to_dict(load_roadmap(ROADMAP).step(step).recipe), "data": to_dict(DataSpec(image_size=32)),
               "precision": "fp32"}
-    folder = checkpoint_folder(root / "checkpoints", "study", step, seed, f"hash{seed}")
+    folder = checkpoint_folder(root / "checkpoints", "study", f"hash{seed}-{step}", seed)
     folder.mkdir(parents=True)
     save_file({key: value.contiguous() for key, value in model.state_dict().items()}, str(folder / Artifact.WEIGHTS))
     save_json(config, folder / Artifact.CONFIG)

@@ -1,4 +1,4 @@
-"""`run_ablation.py` (installed as `run-ablation`): train, evaluate and track every cumulative step of a roadmap."""
+"""`run_ablation.py` (installed as `run-ablation`): plan, train, evaluate and track an ablation study of a roadmap."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +17,16 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
               help="Roadmap to run: a folder of step files under steps/ (see --list-roadmaps).")
 @click.option("--list-roadmaps", is_flag=True, help="List the roadmaps and exit.")
 @click.option("--list-steps", is_flag=True, help="Print every step of the roadmap (the plan table) and exit.")
-@click.option("--upto", metavar="STEP", help="Last step to run; every step before it in roadmap order, explored "
-              "branches included, runs too. Default: the roadmap's last step.")
-@click.option("--dry-run", is_flag=True, help="Print the plan (params, GMACs, the paper's numbers, and how each step "
-              "would train: batch split, BatchNorm batch, peak lr) without training; every option is checked.")
+@click.option("--upto", metavar="STEP", help="Last step the study covers; cumulative: every step before it in roadmap "
+              "order, explored branches included, runs too; leave-one-out: the final model is the last adopted step "
+              "at STEP. Default: the roadmap's last step.")
+@click.option("--ablation", type=click.Choice(["cumulative", "leave-one-out"]), default="cumulative",
+              show_default=True, help="cumulative: every step on top of its parent, each Δ against the parent (the "
+              "paper's Figure 2). leave-one-out: the final model, and for each adopted step from the second on "
+              "`without_<step>`, the chain replayed with every other step's change, each Δ against the final model.")
+@click.option("--dry-run", is_flag=True, help="Print the plan (every variant, what its Δ is against, its params and "
+              "GMACs here and at 224 px full width, the paper's numbers, and how it would train: batch split, "
+              "BatchNorm batch, peak lr) without training; every option is checked.")
 @click.option("--json", "as_json", is_flag=True, help="With --list-steps or --dry-run: print the plan as JSON.")
 @click.option("--data", default="synthetic", show_default=True,
               help="Data set: synthetic (built in, generated), imagefolder:PATH (PATH/train/<class>/*, "
@@ -79,6 +85,10 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
 @click.option("--tracking-uri", help="MLflow tracking store: sqlite:///PATH, http://HOST:PORT of an `mlflow "
               "server` (needed when jobs run on several machines) or a directory (file store). Default: MLflow's "
               "own default, sqlite:///mlflow.db in this directory.")
+@click.option("--tracking-patience-min", type=float, default=10.0, show_default=True,
+              help="Minutes every MLflow call waits, with backoff, for a tracking server that does not answer (a "
+              "restart, a network blip) before the study stops with exit code 1 (rerun it: nothing is lost). A "
+              "wrong URI or wrong credentials fail at once with exit code 2.")
 @click.option("--experiment", help="MLflow experiment name. Default: the roadmap's name.")
 @click.option("--force", is_flag=True, help="Re-run steps that already have a finished run with the same "
               "configuration (and discard their checkpoints).")
@@ -96,12 +106,14 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
               help="Folder holding the roadmaps (default: the roadmaps this project ships).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def main(**options: Any) -> int:
-    """Run the ResNet -> ConvNeXt modernization study step by step.
+    """Run an ablation study of the ResNet -> ConvNeXt modernization roadmap.
 
-    Every step of the roadmap is trained and evaluated (per seed) as a nested MLflow run, and the
-    results land in results/<experiment>/ (roadmap.csv, roadmap.md, the roadmap chart and accuracy vs
-    GMACs), also logged on the study's parent run. Rerunning the same command skips finished steps and
-    resumes interrupted ones from their last epoch. Installed as `run-ablation`.
+    The study is planned once as a list of variants (cumulative: the roadmap's steps; leave-one-out: the final
+    model and the model without each step). Every variant is trained and evaluated (per seed) as a nested MLflow
+    run, and the results land in results/<experiment>/ (leave-one-out: results/<experiment>/leave-one-out/):
+    roadmap.csv, roadmap.md and the figures, also logged on the study's parent run with the plan. Rerunning the
+    same command skips finished runs (same configuration hash and seed) and resumes interrupted ones from their
+    last epoch. Installed as `run-ablation`.
 
     \b
     Examples:
@@ -109,6 +121,7 @@ def main(**options: Any) -> int:
       python run_ablation.py --upto bn_to_ln --dry-run
       python run_ablation.py --upto bn_to_ln                  # demo preset on built-in synthetic data
       python run_ablation.py --upto kernel_7 --preset smoke --seeds 0,1,2
+      python run_ablation.py --ablation leave-one-out --preset smoke --dry-run
       torchrun --nproc_per_node=2 run_ablation.py --preset smoke --upto stage_ratio
       python run_ablation.py --preset smoke --upto stage_ratio --seeds 0,1 --launcher slurm --cpus-per-task 1
     """
@@ -118,78 +131,89 @@ def main(**options: Any) -> int:
             click.echo(f"{name:<26} {len(roadmap.steps):>2} steps  {roadmap.title}")
         return 0
     roadmap = load_roadmap(options["roadmap_name"], options["steps_dir"])
-    steps = roadmap.upto(options["upto"]) if options["upto"] else list(roadmap.steps)
-    seeds = parse_int_list(options["seeds"], "--seeds")
-    if options["list_steps"] or options["dry_run"]:
-        return _plan(roadmap, steps, seeds, options)
-    study = study_options(roadmap, steps, seeds, options)
-    from ..study.launch import check_launch
+    if options["upto"]:
+        roadmap.step(options["upto"])  # an unknown step is a one-line error naming the valid ones
+    if options["list_steps"]:
+        return _list_steps(roadmap, options)
+    study = build_study(roadmap, options)
+    from ..study.checks import check_launch, validate_study
+    from ..study.driver import visible_gpus
 
-    check_launch(study)
+    validate_study(study)
+    check_launch(study, visible_gpus(study))
+    if options["dry_run"]:
+        from ..study.plan_table import format_plan_json, format_plan_table, variant_rows
+
+        rows = variant_rows(study.plan)
+        click.echo(format_plan_json(study.plan, rows) if options["as_json"] else format_plan_table(study.plan, rows))
+        return 0
     if options["benchmark"]:
         from ..study.benchmark import run_benchmark
 
         return run_benchmark(study)
-    from ..study.study import run_study
+    from ..study.driver import run_study
 
     return run_study(study)
 
 
-def _plan(roadmap, steps, seeds, options: dict[str, Any]) -> int:
-    from ..study.plan import format_plan_json, format_plan_table, plan_rows, with_training
+def _list_steps(roadmap, options: dict[str, Any]) -> int:
+    from ..study.plan_table import format_steps_json, format_steps_table, step_rows
 
     # The paper's scale unless asked; `or` would turn an invalid 0 into the default instead of refusing it.
     image_size = 224 if options["image_size"] is None else options["image_size"]
     width = 1.0 if options["width_mult"] is None else options["width_mult"]
-    rows = plan_rows(list(roadmap.steps) if options["list_steps"] else steps, image_size, width)
-    if options["dry_run"]:  # the plan of a study that would start: every option checked as a run checks it
-        from ..study.launch import check_launch
-        from ..study.study import validate_study
-
-        study = study_options(roadmap, steps, seeds, options)
-        validate_study(study)
-        check_launch(study)
-        rows = with_training(rows, study)
-    click.echo(format_plan_json(rows) if options["as_json"] else
-               format_plan_table(rows, roadmap.title, image_size, width))
+    rows = step_rows(list(roadmap.steps), image_size, width)
+    click.echo(format_steps_json(rows) if options["as_json"] else
+               format_steps_table(rows, roadmap.title, image_size, width))
     return 0
 
 
-def study_options(roadmap, steps, seeds, options: dict[str, Any]):
-    """StudyOptions from this command's options (every value checked by the dataclasses it builds)."""
+def build_study(roadmap, options: dict[str, Any]):
+    """The study this command's options describe: its plan (what) and its settings (how); every value checked."""
+    import os
+
     import torch
 
-    from ..spec import DataSpec
-    from ..study.options import BenchSettings, LaunchSettings, RunSettings, ScaleOverrides, StudyOptions
+    from ..spec import DataSpec, choice, positive_number
+    from ..study.planner import ScaleOverrides, StudyRequest, plan_study
     from ..study.presets import get_preset
+    from ..study.settings import BenchSettings, LaunchSettings, RunSettings, Study
+    from ..variants import Ablation
 
-    data = DataSpec(source=options["data"], download=options["download"])
+    seeds = parse_int_list(options["seeds"], "--seeds")
+    data = DataSpec(source=options["data"])
     preset = get_preset(options["preset"] or ("demo" if data.kind == "synthetic" else "paper"))
     device = options["device"]
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    run = RunSettings(
-        device=device,
-        # bf16 autocast is for GPUs: on a CPU without bf16 units it runs ~15x slower than fp32.
-        precision=options["precision"] or (preset.precision if device == "cuda" else "fp32"),
-        channels_last=preset.channels_last if options["channels_last"] is None else options["channels_last"],
-        compile=options["compile_model"], sync_batchnorm=options["sync_bn"], progress=not options["no_progress"],
-    )
     launch = LaunchSettings(
         launcher=options["launcher"], max_parallel=options["max_parallel"], nodes=options["nodes"],
         gpus_per_node=options["gpus_per_node"], cpus_per_task=options["cpus_per_task"], mem_gb=options["mem_gb"],
         timeout_min=options["timeout_min"], slurm_partition=options["slurm_partition"],
         slurm_options=parse_key_values(options["slurm_options"], "--slurm-option"), wait=not options["no_wait"],
     )
-    overrides = ScaleOverrides(
-        epochs=options["epochs"], batch_size=options["batch_size"], image_size=options["image_size"],
-        width_multiplier=options["width_mult"], lr=options["lr"], workers=options["workers"],
-        micro_batch=options["micro_batch"],
+    run = RunSettings(
+        device=device,
+        channels_last=preset.channels_last if options["channels_last"] is None else options["channels_last"],
+        compile=options["compile_model"], sync_batchnorm=options["sync_bn"], progress=not options["no_progress"],
+        workers=preset.workers if options["workers"] is None else options["workers"], download=options["download"],
     )
-    return StudyOptions(
-        roadmap=roadmap, steps=tuple(steps), seeds=tuple(seeds), preset=preset, data=data, overrides=overrides,
-        run=run, launch=launch, bench=BenchSettings(options["bench_batch_size"], options["bench_repeats"]),
+    # bf16 autocast is for GPUs: on a CPU without bf16 units it runs ~15x slower than fp32.
+    precision = options["precision"] or (preset.precision if device == "cuda" else "fp32")
+    processes = int(os.environ.get("WORLD_SIZE", "1")) if launch.launcher == "inline" else launch.processes_per_job
+    request = StudyRequest(
+        roadmap=roadmap, preset=preset, data=data, seeds=tuple(seeds), ablation=Ablation(options["ablation"]),
+        upto=options["upto"], precision=precision, report=choice("--report", options["report"], ("last", "best")),
+        processes=processes,
+        overrides=ScaleOverrides(
+            epochs=options["epochs"], batch_size=options["batch_size"], image_size=options["image_size"],
+            width_multiplier=options["width_mult"], lr=options["lr"], micro_batch=options["micro_batch"],
+        ),
+    )
+    return Study(
+        plan=plan_study(request), run=run, launch=launch,
+        bench=BenchSettings(options["bench_batch_size"], options["bench_repeats"]),
         tracking_uri=options["tracking_uri"], experiment=options["experiment"] or roadmap.name,
+        tracking_patience_s=60 * positive_number("--tracking-patience-min", options["tracking_patience_min"]),
         force=options["force"], checkpoint_dir=options["checkpoint_dir"], results_dir=options["results_dir"],
-        report=options["report"],
     )

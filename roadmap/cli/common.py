@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ..errors import SpecError
+from ..errors import ServiceUnavailable, SpecError
 
 
 class OneLineErrors(click.Command):
@@ -26,6 +26,9 @@ class OneLineErrors(click.Command):
         except SpecError as error:
             click.echo(f"error: {error}", err=True)
             sys.exit(2)
+        except ServiceUnavailable as error:
+            click.echo(f"error: {error}", err=True)  # it says to run the same command again
+            sys.exit(1)
         sys.exit(result if isinstance(result, int) else 0)
 
 

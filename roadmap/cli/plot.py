@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from ..steps import load_roadmap
+from ..variants import RoadmapInfo
 from .common import OneLineErrors
 
 DEFAULT_ROADMAP = "resnet50_to_convnext_t"
@@ -29,12 +30,16 @@ FORMAT_CHOICES = ("png", "svg", "pdf")
               "one file per figure each: png, svg, pdf (e.g. png,pdf).")
 @click.option("--dpi", type=click.IntRange(min=30, max=1200), default=200, show_default=True,
               help="Resolution of PNG files (dots per inch); SVG and PDF are vector files.")
-@click.option("--report", type=click.Choice(["last", "best"]), default="last", show_default=True,
-              help="From MLflow: draw the last epoch's top-1 or the best epoch's (a CSV says which it holds).")
+@click.option("--study-run", metavar="RUN_ID", help="From MLflow: the parent run of the study to draw. Default: the "
+              "newest study of the experiment (each study's own runs only: its plan's configurations and seeds).")
+@click.option("--report", type=click.Choice(["last", "best"]), default=None,
+              help="From MLflow: draw the last epoch's top-1 or the best epoch's. Default: what the study reported "
+              "(a CSV says which it holds).")
 @click.option("--steps-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder holding the roadmaps (default: the roadmaps this project ships).")
 def main(tracking_uri: str | None, experiment: str | None, roadmap_name: str | None, csv_path: Path | None,
-         paper: bool, out_dir: Path | None, formats: str, dpi: int, report: str, steps_dir: Path | None) -> int:
+         paper: bool, out_dir: Path | None, formats: str, dpi: int, study_run: str | None, report: str | None,
+         steps_dir: Path | None) -> int:
     """Draw the modernization roadmap as in the paper's Figure 2, plus accuracy vs GMACs and vs throughput.
 
     Reads the study's runs from MLflow (or a saved roadmap.csv, or only the paper's numbers) and writes
@@ -58,19 +63,20 @@ def main(tracking_uri: str | None, experiment: str | None, roadmap_name: str | N
         from ..report.results import read_summary_csv
 
         summary = read_summary_csv(csv_path)
-        roadmap = load_roadmap(roadmap_name or _csv_roadmap(summary) or DEFAULT_ROADMAP, steps_dir)
+        info = RoadmapInfo.of(load_roadmap(roadmap_name or _csv_roadmap(summary) or DEFAULT_ROADMAP, steps_dir))
         out = out_dir or csv_path.parent
     elif paper:
         roadmap = load_roadmap(roadmap_name or DEFAULT_ROADMAP, steps_dir)
-        summary = plot_data.paper_summary(roadmap)
+        summary, info = plot_data.paper_summary(roadmap), RoadmapInfo.of(roadmap)
         out = out_dir or Path("results") / "paper" / roadmap.name
     else:
-        roadmap = load_roadmap(roadmap_name or DEFAULT_ROADMAP, steps_dir)
-        experiment = experiment or roadmap.name
-        summary = _tracked_summary(tracking_uri, experiment, roadmap, report)
-        out = out_dir or Path("results") / experiment
+        experiment = experiment or roadmap_name or DEFAULT_ROADMAP
+        summary, info, study = _tracked_summary(tracking_uri, experiment, study_run, report)
+        click.echo(f"drawing {study.describe()}")
+        out = out_dir or Path("results") / experiment / ("" if study.plan.ablation == "cumulative"
+                                                          else str(study.plan.ablation))
 
-    for stem, paths, why_not in plot.draw_figures(summary, roadmap, out, file_formats, dpi=dpi):
+    for stem, paths, why_not in plot.draw_figures(summary, info, out, file_formats, dpi=dpi):
         if not paths:
             click.echo(f"skipped {stem}: {why_not}")
         for path in paths:
@@ -96,9 +102,13 @@ def _csv_roadmap(summary) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
-def _tracked_summary(tracking_uri: str | None, experiment: str, roadmap, report: str):
+def _tracked_summary(tracking_uri: str | None, experiment: str, study_run: str | None, report: str | None):
+    """(summary, RoadmapInfo, TrackedStudy) of one study of the experiment, read from MLflow."""
     # MLflow is imported only on this path: --csv and --paper never pay for it.
+    import dataclasses
+
     from ..report.results import study_summary
+    from ..report.studies import find_study
     from ..tracking import DEFAULT_TRACKING_URI, experiment_exists
 
     if not experiment_exists(tracking_uri, experiment):
@@ -106,7 +116,9 @@ def _tracked_summary(tracking_uri: str | None, experiment: str, roadmap, report:
             f"experiment {experiment!r} not found in {tracking_uri or DEFAULT_TRACKING_URI}; run run_ablation.py "
             "first, pass --experiment NAME or --tracking-uri URI, or draw from --csv PATH or --paper"
         )
-    return study_summary(tracking_uri, experiment, roadmap, report=report)
+    study = find_study(tracking_uri, experiment, study_run)
+    plan = dataclasses.replace(study.plan, report=report) if report else study.plan
+    return study_summary(tracking_uri, experiment, plan), plan.roadmap, study
 
 
 if __name__ == "__main__":

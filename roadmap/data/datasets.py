@@ -15,12 +15,26 @@ import torch
 from PIL import Image
 from timm.data import auto_augment, create_transform
 from torch.utils.data import Dataset, get_worker_info
+from torchvision import transforms
 from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 
 from ..schema import DatasetRecord
 from ..spec import DataSpec, RecipeSpec
 from . import synthetic
-from .checks import CIFAR_SOURCES, SPLIT_FOLDERS, DataError, check_cifar, check_imagefolder, check_synthetic, cifar_root
+from .augment import ArrayTransform
+from .cache import StoredSize, load_rgb, open_store
+from .checks import (
+    CIFAR_SOURCES,
+    SPLIT_FOLDERS,
+    DataError,
+    cache_short_side,
+    check_cache,
+    check_cifar,
+    check_imagefolder,
+    check_synthetic,
+    cifar_root,
+    wants_download,
+)
 from .seeding import saved_generators, seed_generators
 
 # Transformed items a split keeps in the training process (see TransformedImages): the demo's whole study
@@ -76,15 +90,6 @@ class LocalCIFAR100(_LocalCIFAR, CIFAR100):
 
 # kind -> our local-copy class
 _LOCAL_CIFAR = {"cifar10": LocalCIFAR10, "cifar100": LocalCIFAR100}
-
-
-def _load_rgb(path: str) -> Image.Image:
-    """ImageFolder's loader, but an unreadable file raises a DataError naming it."""
-    try:
-        with open(path, "rb") as file:
-            return Image.open(file).convert("RGB")
-    except Exception as error:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
-        raise DataError(f"unreadable image {path}: {error}") from None
 
 
 class TransformedImages(Dataset):
@@ -152,7 +157,7 @@ def build_transforms(recipe: RecipeSpec, image_size: int) -> tuple[Callable, Cal
         color_jitter=recipe.color_jitter or None,
         interpolation=recipe.interpolation,
     )
-    _allow_zero_bit_posterize(train)
+    _replace_augment_ops(train)
     evaluation = create_transform(
         image_size,
         is_training=False,
@@ -170,17 +175,24 @@ def _posterize(image: Image.Image, bits_to_keep: int, **_) -> Image.Image:
     return auto_augment.posterize(image, bits_to_keep)
 
 
-def _allow_zero_bit_posterize(transform: Callable) -> None:
-    # timm's "PosterizeIncreasing" keeps 0 bits at magnitude 10, which rand-m9-mstd0.5 reaches ~2% of the
-    # time; recent Pillow raises "bits must be between or equal to 1 and 8" there and would stop training.
+def _replace_augment_ops(transform: Callable) -> None:
+    """Posterize that allows 0 bits; shears and translations compiled when numba is installed (same pixels)."""
+    from . import affine  # imports numba (half a second): only where transforms are built
+
+    compiled = {getattr(auto_augment, name): affine.compiled_op(name) for name in affine.GEOMETRIC_OPS} \
+        if affine.numba is not None else {}
     for step in transform.transforms:
         ops = list(getattr(step, "ops", [])) + [op for ops in getattr(step, "policy", []) for op in ops]
         for op in ops:
+            # timm's "PosterizeIncreasing" keeps 0 bits at magnitude 10, which rand-m9-mstd0.5 reaches ~2% of
+            # the time; recent Pillow raises "bits must be between or equal to 1 and 8" there and would stop
+            # training.
             if op.aug_fn is auto_augment.posterize:
                 op.aug_fn = _posterize
+            op.aug_fn = compiled.get(op.aug_fn, op.aug_fn)
 
 
-def _split_pair(spec: DataSpec) -> tuple[Dataset, Dataset, tuple[str, ...], str]:
+def _split_pair(spec: DataSpec, download: bool) -> tuple[Dataset, Dataset, tuple[str, ...], str]:
     """Untransformed (train, val) splits of PIL images, the class names, and a name of the source."""
     if spec.kind == "synthetic":
         check_synthetic(spec)
@@ -192,26 +204,42 @@ def _split_pair(spec: DataSpec) -> tuple[Dataset, Dataset, tuple[str, ...], str]
     if spec.kind == "imagefolder":
         root = Path(spec.path)
         check_imagefolder(root, verify_images=False)
-        train, val = (ImageFolder(str(root / split), loader=_load_rgb) for split in SPLIT_FOLDERS)
+        train, val = (ImageFolder(str(root / split), loader=load_rgb) for split in SPLIT_FOLDERS)
         return train, val, tuple(train.classes), f"imagefolder {root}"
     (torchvision_class, title), local_class = CIFAR_SOURCES[spec.kind], _LOCAL_CIFAR[spec.kind]
     root = cifar_root(spec)
-    if not spec.download:
-        check_cifar(spec, unpickle=False)  # a missing file says "pass --download"; loading reads the rest
+    if not download:
+        check_cifar(spec, unpickle=False, download=False)  # a missing file says "pass --download"
     try:
-        train, val = (local_class(str(root), train=is_train, download=spec.download) for is_train in (True, False))
+        train, val = (local_class(str(root), train=is_train, download=download) for is_train in (True, False))
     except Exception as error:  # a failed download (URLError) or a damaged file
         raise DataError(f"cannot load {title} from {root / torchvision_class.base_folder}: {error}") from None
     return train, val, tuple(train.classes), f"{title} at {root}"
 
 
-def build_datasets(spec: DataSpec, recipe: RecipeSpec) -> Datasets:
-    """The train and val splits of `spec`, transformed as `recipe` says, at `spec.image_size` pixels."""
-    train, val, class_names, source = _split_pair(spec)
+def build_datasets(spec: DataSpec, recipe: RecipeSpec, *, cache_dir: str | Path | None = None,
+                   download: bool | None = None) -> Datasets:
+    """The train and val splits of `spec`, transformed as `recipe` says, at `spec.image_size` pixels.
+
+    With `spec.cache_short_side` > 0 (imagefolder data), both splits are read from the image cache in
+    `cache_dir`, built there first if no run has built it (`roadmap.data.cache`): the train split stored
+    at that short side, the val split at the eval transform's resize, so evaluation sees the same pixels.
+    `download` (default: the DataSpec's) lets torchvision fetch CIFAR.
+    """
+    download = wants_download(spec, download)
+    check_cache(spec, cache_dir)
+    train, val, class_names, source = _split_pair(spec, download)
     train_transform, eval_transform = build_transforms(recipe, spec.image_size)
     description = f"{source} ({len(class_names)} classes, {len(train)}/{len(val)} images, {spec.image_size} px)"
     records = tuple(_record(spec, split, images, len(class_names))
                     for split, images in zip(SPLIT_FOLDERS, (train, val)))
+    if cache_short_side(spec):
+        root, short_side = Path(spec.path), cache_short_side(spec)
+        train = open_store(Path(cache_dir), root, "train", train.samples, class_names,
+                           StoredSize(short_side, "bicubic", enlarge=False))
+        val = open_store(Path(cache_dir), root, "val", val.samples, class_names, _eval_resize(eval_transform))
+        train_transform, eval_transform = ArrayTransform(train_transform), ArrayTransform(eval_transform)
+        description = description[:-1] + f", train images cached at a short side of {short_side} px in {cache_dir})"
     return Datasets(
         train=TransformedImages(train, train_transform, deterministic=False),
         val=TransformedImages(val, eval_transform, deterministic=True),
@@ -222,6 +250,14 @@ def build_datasets(spec: DataSpec, recipe: RecipeSpec) -> Datasets:
         random_erasing=recipe.random_erasing,
         records=records,
     )
+
+
+def _eval_resize(eval_transform: Callable) -> StoredSize:
+    """The eval transform's first step, Resize(short side), as the val split is stored."""
+    resize = eval_transform.transforms[0]
+    if not isinstance(resize, transforms.Resize) or not isinstance(resize.size, int):
+        raise TypeError(f"the eval transform starts with {resize!r}, not a Resize to a short side")
+    return StoredSize(resize.size, resize.interpolation.value, enlarge=True)
 
 
 def _record(spec: DataSpec, split: str, images: Dataset, num_classes: int) -> DatasetRecord:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -60,8 +61,10 @@ def _on_meta(model: nn.Module) -> bool:
     return all(p.is_meta for p in model.parameters())
 
 
+@functools.lru_cache(maxsize=1024)
 def arch_complexity(arch: ArchSpec, image_size: int | tuple[int, int] = 224, num_classes: int = 1000) -> Complexity:
-    """Complexity of the network an ArchSpec describes, built shape-only: no memory, no init cost."""
+    """Complexity of the network an ArchSpec describes, built shape-only: no memory. Remembered per process
+    (a frozen spec names one network), since a plan asks for the same ones again."""
     with torch.device("meta"):
         model = build_model(arch, num_classes)
     return count_complexity(model, image_size)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from timm.layers import DropPath, LayerNorm2d
+from timm.layers import ClassifierHead, DropPath, LayerNorm2d, NormMlpClassifierHead
 from torch import nn
 
 from ..spec import ArchSpec
@@ -36,12 +36,18 @@ def spatial_groups(arch: ArchSpec, channels: int) -> int:
     return channels // arch.group_width
 
 
+def stem_reduction(arch: ArchSpec) -> int:
+    """Input pixels per stem output pixel, along each side: 4 for the ResNet stem, P for a PxP patchify stem."""
+    return 4 if arch.stem == "resnet" else arch.stem_patch_size
+
+
 class ResNetStem(nn.Module):
     """7x7/2 conv, norm, activation, 3x3/2 max-pool: a 4x reduction with overlapping windows."""
 
-    def __init__(self, arch: ArchSpec, width: int):
+    def __init__(self, arch: ArchSpec, width: int, in_chans: int = 3):
         super().__init__()
-        self.conv = conv(3, width, 7, 2, before_batch_norm=arch.norm == "batch")
+        self.reduction = stem_reduction(arch)
+        self.conv = conv(in_chans, width, 7, 2, before_batch_norm=arch.norm == "batch")
         self.norm = make_norm(arch.norm, width)
         self.act = make_activation(arch.activation) if arch.stem_activation else nn.Identity()
         self.pool = nn.MaxPool2d(3, 2, 1)
@@ -53,10 +59,11 @@ class ResNetStem(nn.Module):
 class PatchifyStem(nn.Module):
     """One PxP conv with stride P (non-overlapping patches), then norm and optional activation."""
 
-    def __init__(self, arch: ArchSpec, width: int):
+    def __init__(self, arch: ArchSpec, width: int, in_chans: int = 3):
         super().__init__()
         patch = arch.stem_patch_size
-        self.conv = nn.Conv2d(3, width, patch, patch, bias=arch.norm != "batch")
+        self.reduction = stem_reduction(arch)
+        self.conv = nn.Conv2d(in_chans, width, patch, patch, bias=arch.norm != "batch")
         self.norm = make_norm(arch.norm, width)
         self.act = make_activation(arch.activation) if arch.stem_activation else nn.Identity()
 
@@ -187,3 +194,17 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.norm(x))
+
+
+def make_head(arch: ArchSpec, width: int, num_classes: int, pool_type: str = "avg",
+              drop_rate: float = 0.0) -> nn.Module:
+    """timm's classifier heads: global pooling, the optional norm (head_norm), dropout, the classifier.
+
+    `pool_type` is timm's ("avg", "max", ..., "" for none); `num_classes` 0 leaves the pooled features.
+    Their tensors are head.norm.* and head.fc.*, as in timm's ConvNeXt; the norm of the pooled (N, C, 1, 1)
+    map computes what a LayerNorm / BatchNorm1d of the pooled vector does.
+    """
+    if arch.head_norm:
+        return NormMlpClassifierHead(width, num_classes, pool_type=pool_type, drop_rate=drop_rate,
+                                     norm_layer=NORM_LAYERS[arch.norm])
+    return ClassifierHead(width, num_classes, pool_type=pool_type, drop_rate=drop_rate)

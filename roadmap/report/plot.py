@@ -363,16 +363,23 @@ def save_figure(
 
 def draw_figures(summary, roadmap, out_dir: Path | str, formats: Sequence[str] = ("png", "svg"),
                  dpi: int = 200) -> list[tuple[str, list[Path], str]]:
-    """Every figure of a summary into `out_dir`: (stem, files written, why it was skipped) per figure."""
+    """Every figure of a summary into `out_dir`: (stem, files written, why it was skipped) per figure.
+
+    `roadmap` is the RoadmapInfo of the plan the summary comes from. A cumulative study gets the roadmap chart
+    (the paper's Figure 2); a leave-one-out study gets what each step is worth inside the final model."""
+    from .leave_one_out import draw_leave_one_out, leave_one_out_data
     from .plot_data import accuracy_vs_gmacs_data, accuracy_vs_throughput_data, roadmap_chart_data
 
     gmacs = accuracy_vs_gmacs_data(summary, roadmap)
     throughput = accuracy_vs_throughput_data(summary, roadmap)
+    left_out = leave_one_out_data(summary, roadmap)
+    chart = ("leave_one_out", draw_leave_one_out(left_out), "") if left_out is not None else (
+        "roadmap", draw_roadmap_chart(roadmap_chart_data(summary, roadmap)), "")
     figures = [
-        ("roadmap", draw_roadmap_chart(roadmap_chart_data(summary, roadmap)), ""),
-        ("accuracy_vs_gmacs", gmacs and draw_accuracy_vs_gmacs(gmacs), "no step has both GMACs and a top-1"),
+        chart,
+        ("accuracy_vs_gmacs", gmacs and draw_accuracy_vs_gmacs(gmacs), "no variant has both GMACs and a top-1"),
         ("accuracy_vs_throughput", throughput and draw_accuracy_vs_throughput(throughput),
-         "no step recorded a throughput (run_ablation.py --benchmark measures it)"),
+         "no variant recorded a throughput (run_ablation.py --benchmark measures it)"),
     ]
     return [(stem, save_figure(figure, out_dir, stem, formats, dpi=dpi) if figure is not None else [],
              why_not if figure is None else "") for stem, figure, why_not in figures]

@@ -29,10 +29,12 @@ from .stats import CONFIDENCE_LEVEL
 
 if TYPE_CHECKING:
     from ..steps import Roadmap
+    from ..variants import RoadmapInfo
 
 # The columns of results/<experiment>/roadmap.csv that the figures read.
 PLOT_COLUMNS = (
-    "roadmap", "step", "n_seeds", "status", "report", "top1_mean", "top1_std", "top1_ci_low", "top1_ci_high",
+    "roadmap", "ablation", "order", "variant", "label", "group", "adopted", "baseline", "note", "n_seeds", "status",
+    "report", "top1_mean", "top1_std", "top1_ci_low", "top1_ci_high",
     "delta_top1", "delta_ci_low", "delta_ci_high", "delta_test", "params", "gmacs",
     "train_img_per_s", "eval_img_per_s", "bench_train_img_per_s", "bench_eval_img_per_s",
     "paper_top1", "paper_top1_std", "paper_gflops", "dataset", "data_kind", "preset",
@@ -60,22 +62,23 @@ def check_summary(summary: pd.DataFrame, source: str = "summary") -> None:
 
 
 def paper_summary(roadmap: Roadmap) -> pd.DataFrame:
-    """A summary holding only the paper's numbers (status "paper"), from the roadmap's step files."""
+    """A cumulative summary holding only the paper's numbers (status "paper"), from the roadmap's step files."""
     rows = []
     for step in roadmap.steps:
         row: dict[str, object] = {column: math.nan for column in SUMMARY_COLUMNS}
         row.update(
-            roadmap=roadmap.name, order=step.order, step=step.name, group=step.group, adopted=step.adopted,
-            parent=step.parent, n_seeds=0, seeds="", status="paper",
-            paper_top1=step.paper.get("top1", math.nan), paper_top1_std=step.paper.get("top1_std", math.nan),
-            paper_gflops=step.paper.get("gflops", math.nan), dataset=roadmap.dataset, data_kind="",
-            preset="paper", report="", delta_test="",
+            roadmap=roadmap.name, ablation="cumulative", order=step.order, variant=step.name,
+            label=step.name.replace("_", " "), step=step.name, group=step.group, adopted=step.adopted,
+            baseline=step.parent or "", config_hash="", note="", n_seeds=0, seeds="", status="paper",
+            paper_step=step.name, paper_note=step.paper.get("note", ""), paper_top1=step.paper.get("top1", math.nan),
+            paper_top1_std=step.paper.get("top1_std", math.nan), paper_gflops=step.paper.get("gflops", math.nan),
+            dataset=roadmap.dataset, data_kind="", preset="paper", report="", delta_test="", delta_basis="",
         )
         rows.append(row)
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
-def study_label(summary: pd.DataFrame, roadmap: Roadmap) -> StudyLabel:
+def study_label(summary: pd.DataFrame, roadmap: RoadmapInfo) -> StudyLabel:
     from_paper = bool(len(summary)) and bool((summary["status"] == Status.PAPER).all())
     with_results = summary[summary["status"].isin([Status.FINISHED, Status.PARTIAL])
                            & (summary["n_seeds"].fillna(0) > 0)]
@@ -92,7 +95,7 @@ def study_label(summary: pd.DataFrame, roadmap: Roadmap) -> StudyLabel:
     )
 
 
-def roadmap_chart_data(summary: pd.DataFrame, roadmap: Roadmap) -> RoadmapChartData:
+def roadmap_chart_data(summary: pd.DataFrame, roadmap: RoadmapInfo) -> RoadmapChartData:
     """The bars, error bars, paper markers, groups and reference line of the roadmap chart.
 
     Scales: when the study ran on real (not synthetic, not CIFAR) data and every accuracy lies within
@@ -101,21 +104,21 @@ def roadmap_chart_data(summary: pd.DataFrame, roadmap: Roadmap) -> RoadmapChartD
     beside ours, each panel with its own x-scale, so that neither squashes the other. For a summary
     from paper_summary() the bars are the paper's.
     """
-    by_step = _rows_by_step(summary, roadmap)
+    records = _records(summary, roadmap)
     label = study_label(summary, roadmap)
     rows = []
-    for step in roadmap.steps:
-        record = by_step.get(step.name, {})
+    for record in records:
         paper = (_number(record, "paper_top1"), _number(record, "paper_top1_std"), _number(record, "paper_gflops"))
         if label.from_paper:
             ours = (paper[0], paper[1], paper[2], math.nan)
         else:
             ours = tuple(_number(record, key) for key in ("top1_mean", "top1_std", "gmacs", "params"))
+        note = str(record.get("paper_note", "") or "")
         rows.append(ChartRow(
-            step=step.name, label=step.name.replace("_", " "), group=step.group, adopted=step.adopted,
-            status=str(record.get("status", "missing")), top1=ours[0], top1_std=ours[1], gmacs=ours[2],
-            params=ours[3], paper_top1=paper[0], paper_top1_std=paper[1], paper_gflops=paper[2],
-            paper_note=str(step.paper.get("note", "")), footnoted=label.from_paper and "note" in step.paper,
+            step=str(record["variant"]), label=str(record["label"]), group=str(record["group"]),
+            adopted=bool(record["adopted"]), status=str(record.get("status", "missing")), top1=ours[0],
+            top1_std=ours[1], gmacs=ours[2], params=ours[3], paper_top1=paper[0], paper_top1_std=paper[1],
+            paper_gflops=paper[2], paper_note=note, footnoted=label.from_paper and bool(note),
             **({} if label.from_paper else _delta_fields(record)),
         ))
     reference = _reference(roadmap)
@@ -134,13 +137,12 @@ def roadmap_chart_data(summary: pd.DataFrame, roadmap: Roadmap) -> RoadmapChartD
     )
 
 
-def accuracy_vs_gmacs_data(summary: pd.DataFrame, roadmap: Roadmap) -> AccuracyVsGmacsData | None:
-    """Each step at (GMACs, top-1): ours (from the runs) and the paper's; None when neither has a point."""
-    by_step = _rows_by_step(summary, roadmap)
+def accuracy_vs_gmacs_data(summary: pd.DataFrame, roadmap: RoadmapInfo) -> AccuracyVsGmacsData | None:
+    """Each variant at (GMACs, top-1): ours (from the runs) and the paper's; None when neither has a point."""
+    records = _records(summary, roadmap)
     label = study_label(summary, roadmap)
-    paper = _trajectory(label.paper_source, roadmap, by_step, "paper_gflops", "paper_top1", from_runs=False)
-    study = None if label.from_paper else _trajectory("this study", roadmap, by_step, "gmacs", "top1_mean",
-                                                      intervals=True)
+    paper = _trajectory(label.paper_source, records, "paper_gflops", "paper_top1", from_runs=False)
+    study = None if label.from_paper else _trajectory("this study", records, "gmacs", "top1_mean", intervals=True)
     if not paper.points and (study is None or not study.points):
         return None
     paper_panel = study is not None and bool(paper.points) and not _shares_paper_scale(
@@ -152,13 +154,13 @@ def accuracy_vs_gmacs_data(summary: pd.DataFrame, roadmap: Roadmap) -> AccuracyV
     )
 
 
-def accuracy_vs_throughput_data(summary: pd.DataFrame, roadmap: Roadmap) -> AccuracyVsThroughputData | None:
+def accuracy_vs_throughput_data(summary: pd.DataFrame, roadmap: RoadmapInfo) -> AccuracyVsThroughputData | None:
     """Top-1 vs measured throughput, one panel per kind (training, inference); None when no step has one.
 
     A panel's x values come from the benchmark columns (bench_*) when any step has one, else from the
     training run's own figures: one source per panel, never a mix.
     """
-    by_step = _rows_by_step(summary, roadmap)
+    records = _records(summary, roadmap)
     panels = []
     for kind, bench_column, run_column in (
         ("training", "bench_train_img_per_s", "train_img_per_s"),
@@ -166,7 +168,7 @@ def accuracy_vs_throughput_data(summary: pd.DataFrame, roadmap: Roadmap) -> Accu
     ):
         for column, source in ((bench_column, "benchmark"), (run_column, "measured during training")):
             if summary[column].notna().any():
-                trajectory = _trajectory("this study", roadmap, by_step, column, "top1_mean")
+                trajectory = _trajectory("this study", records, column, "top1_mean")
                 if trajectory.points:
                     xlabel = f"{kind} throughput (img/s, {source}; right is faster)"
                     panels.append(ThroughputPanel(xlabel=xlabel, column=column, trajectory=trajectory))
@@ -177,49 +179,52 @@ def accuracy_vs_throughput_data(summary: pd.DataFrame, roadmap: Roadmap) -> Accu
     return AccuracyVsThroughputData(title=title, label=study_label(summary, roadmap), panels=tuple(panels))
 
 
-def _rows_by_step(summary: pd.DataFrame, roadmap: Roadmap) -> dict[str, dict[str, object]]:
+def _records(summary: pd.DataFrame, roadmap: RoadmapInfo) -> list[dict[str, object]]:
+    """The summary's rows in plan order, after checking it is a summary of `roadmap`."""
     check_summary(summary)
     other_roadmaps = sorted({str(name) for name in summary["roadmap"].dropna() if str(name)} - {roadmap.name})
     if other_roadmaps:
         raise SummaryError(f"summary holds roadmap {other_roadmaps[0]!r}, not {roadmap.name!r}; "
                            f"pass --roadmap {other_roadmaps[0]} or a summary of {roadmap.name!r}")
-    names = set(roadmap.names())
-    unknown = [str(step) for step in summary["step"] if step not in names]
-    if unknown:
-        raise SummaryError(
-            f"summary has steps not in roadmap {roadmap.name!r}: {', '.join(unknown)}; "
-            f"valid steps: {', '.join(roadmap.names())}"
-        )
-    return {str(record["step"]): record for record in summary.to_dict("records")}
+    records = summary.sort_values("order", kind="stable").to_dict("records")
+    names = [str(record["variant"]) for record in records]
+    for record in records:
+        baseline = str(record["baseline"] or "")
+        if baseline and baseline not in names:
+            raise SummaryError(f"variant {record['variant']} is compared with {baseline!r}, which is not in the "
+                               f"summary; its variants: {', '.join(names)}")
+    return records
 
 
-def _trajectory(name: str, roadmap: Roadmap, by_step: dict, x_column: str, y_column: str,
+def _trajectory(name: str, records: list[dict[str, object]], x_column: str, y_column: str,
                 from_runs: bool = True, intervals: bool = False) -> Trajectory:
-    """The steps with both numbers; with from_runs, a failed step is left out whatever it recorded.
+    """The variants with both numbers; with from_runs, a failed one is left out whatever it recorded.
 
+    The adopted path joins the adopted variants that have a baseline, in order (a cumulative roadmap); every
+    other variant is joined to its baseline (an explored branch, or a leave-one-out variant to the final model).
     With `intervals`, each point carries the 95 % interval of its top-1 (top1_ci_low, top1_ci_high).
     """
     points = []
-    for step in roadmap.steps:
-        record = by_step.get(step.name, {})
+    for record in records:
         x, y = _number(record, x_column), _number(record, y_column)
         failed = from_runs and record.get("status") == Status.FAILED
         if not failed and math.isfinite(x) and math.isfinite(y):
             low, high = (_number(record, "top1_ci_low"), _number(record, "top1_ci_high")) if intervals else (
                 math.nan, math.nan)
-            points.append(Point(step=step.name, label=step.name.replace("_", " "), x=x, y=y, adopted=step.adopted,
-                                y_low=low, y_high=high))
+            points.append(Point(step=str(record["variant"]), label=str(record["label"]), x=x, y=y,
+                                adopted=bool(record["adopted"]), y_low=low, y_high=high))
     present = {point.step for point in points}
-    adopted = [step.name for step in roadmap.steps if step.adopted and step.name in present]
+    cumulative = all(str(record.get("ablation") or "cumulative") == "cumulative" for record in records)
+    adopted = [str(r["variant"]) for r in records if cumulative and r["adopted"] and r["variant"] in present]
     branches = tuple(
-        (step.parent, step.name)
-        for step in roadmap.steps
-        if not step.adopted and step.name in present and step.parent in present
+        (str(record["baseline"]), str(record["variant"]))
+        for record in records
+        if not (cumulative and record["adopted"]) and record["variant"] in present and record["baseline"] in present
     )
     return Trajectory(name=name, points=tuple(points), adopted_path=tuple(zip(adopted, adopted[1:])), branches=branches)
 
 
-def _reference(roadmap: Roadmap) -> Reference | None:
+def _reference(roadmap: RoadmapInfo) -> Reference | None:
     ref = roadmap.reference
     if "top1" not in ref:
         return None

@@ -1,4 +1,4 @@
-"""A study's step runs as one pandas table: a row per (step, seed, configuration), its latest completed run."""
+"""An experiment's step runs as one pandas table: a row per (configuration, seed), its latest completed run."""
 from __future__ import annotations
 
 import math
@@ -11,8 +11,8 @@ from ..schema import Metric, RunKind, Status, Tag
 FINAL_METRICS = (Metric.TOP1, Metric.TOP5, Metric.TOP1_BEST, Metric.TOP1_BEST_EPOCH, Metric.PARAMS, Metric.GMACS,
                  Metric.TRAIN_IMG_PER_S, Metric.EVAL_IMG_PER_S, Metric.PEAK_MEMORY_MB, Metric.WALL_TIME_S,
                  Metric.BENCH_TRAIN_IMG_PER_S, Metric.BENCH_EVAL_IMG_PER_S, Metric.BENCH_PEAK_MEMORY_MB)
-RUN_COLUMNS = ("run_id", "step", "seed", "order", "group", "adopted", "parent_step", "status", "roadmap", "dataset",
-               "data_kind", "preset", "config_hash", "start_time", *map(str, FINAL_METRICS))
+RUN_COLUMNS = ("run_id", "step", "seed", "order", "group", "adopted", "baseline", "status", "roadmap", "dataset",
+               "data_kind", "preset", "config_hash", "hash_version", "ablation", "start_time", *map(str, FINAL_METRICS))
 # A run's status: its outcome tag once MLflow says FINISHED, otherwise what MLflow says.
 MLFLOW_TO_STATUS = {"FAILED": Status.FAILED, "KILLED": Status.FAILED, "RUNNING": Status.RUNNING,
                     "SCHEDULED": Status.RUNNING}
@@ -20,7 +20,8 @@ COMPLETED = (Status.FINISHED, Status.DIVERGED)
 
 
 def load_runs(tracking_uri: str | None, experiment: str) -> pd.DataFrame:
-    """One row per (step, seed, config_hash): its latest completed run, else its latest run.
+    """One row per (config_hash, seed): its latest completed run, else its latest run. `step` is the name of the
+    variant that trained it (a configuration two variants share is one run).
 
     "Completed" is MLflow status FINISHED (outcome finished or diverged); a run that failed after an
     earlier one with the same key completed (e.g. an interrupted --force rerun) does not hide it.
@@ -30,7 +31,7 @@ def load_runs(tracking_uri: str | None, experiment: str) -> pd.DataFrame:
 
     rows = [_run_row(run) for run in load_step_runs(tracking_uri, experiment, RunKind.STEP)]
     runs = pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-    runs = latest(runs, ["step", "seed", "config_hash"])
+    runs = latest(runs, ["config_hash", "seed"])
     return runs.sort_values(["order", "step", "seed"], kind="stable").reset_index(drop=True)
 
 
@@ -43,13 +44,15 @@ def _run_row(run) -> dict:
         "order": _integer(tags.get(Tag.ORDER)),
         "group": tags.get(Tag.GROUP, ""),
         "adopted": tags[Tag.ADOPTED].lower() == "true" if Tag.ADOPTED in tags else None,
-        "parent_step": tags.get(Tag.PARENT_STEP, ""),
+        "baseline": tags.get(Tag.BASELINE, ""),
         "status": MLFLOW_TO_STATUS.get(run.mlflow_status, tags.get(Tag.STATUS, Status.FINISHED)),
         "roadmap": tags.get(Tag.ROADMAP, ""),
         "dataset": tags.get(Tag.DATASET, ""),
         "data_kind": tags.get(Tag.DATA_KIND, ""),
         "preset": tags.get(Tag.PRESET, ""),
         "config_hash": tags.get(Tag.CONFIG_HASH, ""),
+        "hash_version": tags.get(Tag.HASH_VERSION, ""),
+        "ablation": tags.get(Tag.ABLATION, ""),
         "start_time": run.start_time,
     }
     row.update({str(key): float(metrics.get(key, math.nan)) for key in FINAL_METRICS})

@@ -1,6 +1,7 @@
 """Whether a step's Δ is real: Welch over seeds, or a paired bootstrap and McNemar over one seed's images."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from collections.abc import Callable
@@ -49,31 +50,40 @@ def mlflow_predictions(tracking_uri: str | None, report: str) -> PredictionsOf:
 
 def compare(step_runs: pd.DataFrame, parent_runs: pd.DataFrame, value: str,
             predictions_of: PredictionsOf | None) -> Delta:
-    """Δ of `value` (% top-1) between the finished runs of a step and of another step (its parent, its base).
+    """Δ of `value` (% top-1) between the finished runs of a variant and of its baseline, its 95 % interval and
+    p-value, all three from the same data (the `basis` says which):
 
-    delta is the difference of the two means, in points. With >= 2 seeds on both sides the interval and p are
-    Welch's; with fewer, they come from the images of the lowest seed both sides have ("mcnemar"); with
-    neither (no common seed, no predictions), they are NaN and the test is "".
+    - at least 2 seeds on both sides: Δ = difference of the means over every seed, Welch's interval and test;
+    - fewer: the lowest seed both sides have: Δ = that pair's difference, the paired bootstrap interval and
+      McNemar's test over its validation images ("mcnemar"). The means of unequal seed sets are not used, so
+      Δ always lies in its own interval;
+    - no common seed, or no predictions: the difference of the means, with no interval, p or test.
     """
     step, parent = _finished(step_runs, value), _finished(parent_runs, value)
     if step.empty or parent.empty:
         return NO_DELTA
     difference = float(step[value].mean() - parent[value].mean())
+    means = f"means over seeds {_seeds(step)} vs {_seeds(parent)}, no interval"
     if len(step) >= 2 and len(parent) >= 2:
-        return welch_delta(step[value].tolist(), parent[value].tolist())
+        welch = welch_delta(step[value].tolist(), parent[value].tolist())
+        return dataclasses.replace(welch, basis=f"seeds {_seeds(step)} vs {_seeds(parent)}")
     common = sorted(set(step["seed"]) & set(parent["seed"]))
     if not common or predictions_of is None:
-        return Delta(difference, math.nan, math.nan, math.nan, "")
+        return Delta(difference, math.nan, math.nan, math.nan, "", means)
     seed = common[0]
     ours = predictions_of(str(step.loc[step["seed"] == seed, "run_id"].iloc[0]))
     theirs = predictions_of(str(parent.loc[parent["seed"] == seed, "run_id"].iloc[0]))
     if ours is None or theirs is None:
-        return Delta(difference, math.nan, math.nan, math.nan, "")
+        return Delta(difference, math.nan, math.nan, math.nan, "", means)
     try:
         paired = predictions_delta(ours, theirs)
     except PredictionsError:  # not the same validation set
-        return Delta(difference, math.nan, math.nan, math.nan, "")
-    return Delta(difference, paired.ci_low, paired.ci_high, paired.p_value, "mcnemar")
+        return Delta(difference, math.nan, math.nan, math.nan, "", means)
+    return dataclasses.replace(paired, basis=f"seed {int(seed)} pair, {len(ours.correct())} images")
+
+
+def _seeds(runs: pd.DataFrame) -> str:
+    return ",".join(str(int(seed)) for seed in runs["seed"])
 
 
 def top1_interval(runs: pd.DataFrame, value: str, predictions_of: PredictionsOf | None) -> tuple[float, float]:

@@ -25,6 +25,8 @@ class Delta:
     ci_high: float  # points
     p_value: float
     test: str  # "welch" (over seeds), "mcnemar" (over images of one seed pair) or "" (nothing computable)
+    # The data Δ, its interval and p all come from: "seeds 0,1,2 vs 0,1,2", "seed 0 pair, 2500 images".
+    basis: str = ""
 
     @property
     def significant(self) -> bool:

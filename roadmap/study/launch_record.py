@@ -14,11 +14,13 @@ RECORD_FILE = "launch.json"
 
 @dataclass
 class JobRecord:
-    """One unit's job: its scheduler id (SLURM "array_task", or a local controller's pid)."""
+    """One unit's job: its scheduler id (SLURM "array_task", or a local controller's pid) and its GPUs."""
 
     job_id: str
-    step: str
+    variant: str
     seed: int
+    # The GPUs a local job sees: they stay its own when a later launcher re-attaches.
+    gpus: tuple[int, ...] = ()
     submitted_at: float = field(default_factory=time.time)
 
 
@@ -39,7 +41,8 @@ class LaunchRecord:
         try:
             raw = json.loads(path.read_text())
             record = cls(launcher=raw["launcher"], study_run_id=raw.get("study_run_id"),
-                         jobs={key: JobRecord(**job) for key, job in raw.get("jobs", {}).items()})
+                         jobs={key: JobRecord(**job | {"gpus": tuple(job.get("gpus", ()))})
+                               for key, job in raw.get("jobs", {}).items()})
         except (ValueError, KeyError, TypeError) as error:
             raise SpecError(f"launch record {path} is unreadable ({error}); remove it to start the launch afresh "
                             "(finished runs are still skipped)") from None

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 import click
 
-STATES = ("pending", "running", "requeued", "finished", "failed", "elsewhere")
+from ..schema import Status
+
+# In the order the summary counts them; "claimed": being trained by another process.
+STATES = (Status.PENDING, Status.RUNNING, Status.REQUEUED, Status.FINISHED, Status.SKIPPED, Status.CLAIMED,
+          Status.FAILED)
 
 
 @dataclass(frozen=True)
@@ -17,7 +21,7 @@ class Row:
 
     label: str  # "kernel_7 seed 0"
     job_id: str  # "" before it is submitted
-    state: str  # one of STATES
+    state: Status  # one of STATES
     note: str = ""  # top-1, the last error line, "restarted 1 x", ...
 
 

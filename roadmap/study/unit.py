@@ -1,4 +1,4 @@
-"""One unit of work: train, evaluate and track one (step, seed) from its resolved configuration.
+"""One unit of work: train, evaluate and track one (variant, seed) of a plan.
 
 The same function runs in the study's own process, in a local job and in a SLURM job; a job that is
 requeued runs it again and it resumes from the last epoch checkpoint into the same MLflow run.
@@ -9,7 +9,6 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import click
 import torch
@@ -17,67 +16,78 @@ import torch
 from ..data import Datasets, build_datasets, build_loaders
 from ..models.complexity import count_complexity
 from ..models.network import build_model
-from ..schema import FINAL_RESULT, Artifact, Metric, Status, Tag
+from ..schema import FINAL_RESULT, Artifact, Metric, Status, Tag, checkpoint_folder
 from ..spec import DataSpec, RecipeSpec, spec_hash
 from ..training import distributed
 from ..training.checkpoint import save_json
 from ..training.engine import TrainOptions, train_and_evaluate
 from ..training.result import TrainResult
+from ..variants import HASH_VERSION, Ablation, Variant
 from .claim import Claim
-from .options import ResolvedStep, RunSettings, StudyOptions
-
-# Outcomes of a unit besides the engine's: already finished in MLflow, or being trained by another process.
-SKIPPED, CLAIMED = "skipped", "claimed"
+from .settings import RunSettings, Study
 
 
 @dataclass(frozen=True)
 class UnitOfWork:
-    """One (step, seed) of a study, resolved: everything a process needs to train, evaluate and track it."""
+    """One (variant, seed) of a study: everything a process needs to train, evaluate and track it."""
 
-    roadmap: str
-    resolved: ResolvedStep
+    variant: Variant
     seed: int
-    # The resolved configuration (what config.json, the params and the hash hold) and its hash.
-    config: dict[str, Any]
-    config_hash: str
+    roadmap: str
+    ablation: Ablation
+    preset: str
     run: RunSettings
     # This unit's checkpoint folder (last.pt, final.json, weights, predictions).
     folder: Path
     tracking_uri: str | None
+    # How long MLflow calls wait for a tracking server that does not answer (seconds).
+    tracking_patience_s: float
     experiment: str
     # The parent run the step run nests under (None: no parent).
     study_run_id: str | None
-    preset: str
     # Train again even if a finished run has this configuration.
     force: bool = False
     # How the unit's lines start, e.g. "[3/16]".
     label: str = ""
 
     @property
-    def step(self) -> str:
-        return self.resolved.step.name
+    def name(self) -> str:
+        return self.variant.name
+
+    @property
+    def config_hash(self) -> str:
+        return self.variant.config_hash
 
     @property
     def key(self) -> str:
-        """What names the unit in a launch: step, seed and configuration."""
-        return f"{self.step}/seed{self.seed}/{self.config_hash}"
+        """What names the unit in a launch: its configuration and seed (a run is nothing else)."""
+        return f"{self.config_hash}/seed{self.seed}"
+
+    @property
+    def title(self) -> str:
+        return f"{self.label} {self.name} seed {self.seed}".strip()
+
+    def config(self) -> dict:
+        """What config.json, the run's params and its hash hold, with the names that say what it is."""
+        return {"roadmap": self.roadmap, "variant": self.name, "step": self.variant.step, "preset": self.preset,
+                **self.variant.configuration()}
 
 
 @dataclass(frozen=True)
 class UnitOutcome:
-    """What became of a unit: finished or diverged (with the engine's result), skipped, or claimed."""
+    """What became of a unit: finished or diverged (with the engine's result), skipped, claimed or failed."""
 
     key: str
-    step: str
+    name: str
     seed: int
-    status: str
+    status: Status
     result: TrainResult | None = None
     run_id: str | None = None
     message: str = ""
 
 
 class DatasetCache:
-    """Builds each (data, transforms) pair once per process: steps share data unless their recipe differs."""
+    """Builds each (data, transforms) pair once per process: variants share data unless their recipe differs."""
 
     def __init__(self) -> None:
         self._built: dict[str, Datasets] = {}
@@ -89,18 +99,25 @@ class DatasetCache:
         return self._built[key]
 
 
-def plan_units(study: StudyOptions, study_run_id: str | None) -> list[UnitOfWork]:
-    """Every (step, seed) of the study, in roadmap order, seeds inner."""
-    pairs = [(step, seed) for step in study.steps for seed in study.seeds]
+def plan_units(study: Study, study_run_id: str | None) -> list[UnitOfWork]:
+    """Every (variant, seed) the study trains, in plan order, seeds inner; a configuration that two variants
+    share (leave-one-out's identical ones are not in it) is one unit."""
+    pairs, seen = [], set()
+    for variant in study.plan.trained():
+        for seed in study.plan.seeds:
+            if (variant.config_hash, seed) not in seen:
+                seen.add((variant.config_hash, seed))
+                pairs.append((variant, seed))
     return [
         UnitOfWork(
-            roadmap=study.roadmap.name, resolved=study.resolve(step), seed=seed,
-            config=study.configuration(step), config_hash=study.config_hash(step), run=study.run,
-            folder=study.checkpoint_folder(step, seed), tracking_uri=study.tracking_uri,
-            experiment=study.experiment, study_run_id=study_run_id, preset=study.preset.name, force=study.force,
-            label=f"[{index}/{len(pairs)}]",
+            variant=variant, seed=seed, roadmap=study.plan.roadmap.name, ablation=study.plan.ablation,
+            preset=study.plan.preset, run=study.run,
+            folder=checkpoint_folder(study.checkpoint_dir, study.experiment, variant.config_hash, seed),
+            tracking_uri=study.tracking_uri, tracking_patience_s=study.tracking_patience_s,
+            experiment=study.experiment, study_run_id=study_run_id,
+            force=study.force, label=f"[{index}/{len(pairs)}]",
         )
-        for index, (step, seed) in enumerate(pairs, start=1)
+        for index, (variant, seed) in enumerate(pairs, start=1)
     ]
 
 
@@ -114,26 +131,31 @@ def cpu_threads(world_size: int, workers: int) -> int:
 
 
 def run_unit(unit: UnitOfWork, cache: DatasetCache | None = None) -> UnitOutcome:
-    """Train, evaluate and track one (step, seed); every rank of a distributed job calls it.
+    """Train, evaluate and track one (variant, seed); every rank of a distributed job calls it.
 
-    Rank 0 alone asks MLflow and takes the claim; every rank follows its answer.
+    Rank 0 alone takes the claim and then asks MLflow, in that order: a run that another process finished
+    while this one waited for the claim is seen finished, never opened twice. Every rank follows its answer.
     """
     world = distributed.init_distributed(unit.run.device)
-    tracker = _tracker(unit) if world.is_main else None
-    finished = tracker.find_finished(unit.step, unit.seed, unit.config_hash) if tracker else None
     claim = Claim(unit.folder)
-    if finished and not unit.force:
-        decision = SKIPPED
+    tracker, finished = None, None
+    if world.is_main:
+        decision = "train" if claim.acquire() else Status.CLAIMED
+        if decision == "train":
+            tracker = _tracker(unit)
+            finished = tracker.find_finished(unit.seed, unit.config_hash)
+            if finished and not unit.force:
+                claim.release()
+                decision = Status.SKIPPED
     else:
-        decision = "train" if not world.is_main or claim.acquire() else CLAIMED
+        decision = "train"
     decision = distributed.all_gather_objects(decision)[0]
-    if decision == SKIPPED:
-        return _say(world, UnitOutcome(unit.key, unit.step, unit.seed, SKIPPED, run_id=finished, message=(
-            f"{unit.label} {unit.step} seed {unit.seed}: finished run {finished} has this configuration; skipped "
-            "(--force re-runs it)")))
-    if decision == CLAIMED:
-        return _say(world, UnitOutcome(unit.key, unit.step, unit.seed, CLAIMED, message=(
-            f"{unit.label} {unit.step} seed {unit.seed}: being trained by {claim.holder()}; skipped here")))
+    if decision == Status.SKIPPED:
+        return _say(world, UnitOutcome(unit.key, unit.name, unit.seed, Status.SKIPPED, run_id=finished, message=(
+            f"{unit.title}: finished run {finished} has this configuration; skipped (--force re-runs it)")))
+    if decision == Status.CLAIMED:
+        return _say(world, UnitOutcome(unit.key, unit.name, unit.seed, Status.CLAIMED, message=(
+            f"{unit.title}: being trained by {claim.holder()}; skipped here")))
     try:
         return _train_unit(unit, cache or DatasetCache(), tracker, world)
     finally:
@@ -143,45 +165,46 @@ def run_unit(unit: UnitOfWork, cache: DatasetCache | None = None) -> UnitOutcome
 def _tracker(unit: UnitOfWork):
     from ..tracking import Tracker
 
-    tracker = Tracker(unit.tracking_uri, unit.experiment)
+    tracker = Tracker(unit.tracking_uri, unit.experiment, patience_s=unit.tracking_patience_s)
     if unit.study_run_id:
         tracker.attach_study(unit.study_run_id)
     return tracker
 
 
 def _train_unit(unit: UnitOfWork, cache: DatasetCache, tracker, world: distributed.WorldInfo) -> UnitOutcome:
-    resolved, folder = unit.resolved, unit.folder
+    variant, folder = unit.variant, unit.folder
+    config = unit.config()
     if world.is_main:
         if unit.force and (folder / FINAL_RESULT).exists():
             shutil.rmtree(folder)
-        save_json(unit.config, folder / Artifact.CONFIG)  # beside the weights, for roadmap.load_trained
+        save_json(config, folder / Artifact.CONFIG)  # beside the weights, for roadmap.load_trained
     distributed.barrier()
-    datasets = cache.get(resolved.data, resolved.recipe)
+    datasets = cache.get(variant.data, variant.recipe)
     torch.manual_seed(unit.seed)
-    model = build_model(resolved.arch, num_classes=datasets.num_classes)
-    complexity = count_complexity(model, resolved.data.image_size)
+    model = build_model(variant.arch, num_classes=datasets.num_classes)
+    complexity = count_complexity(model, variant.data.image_size)
     options = TrainOptions(
-        checkpoint_dir=folder, seed=unit.seed, device=unit.run.device, precision=unit.run.precision,
+        checkpoint_dir=folder, seed=unit.seed, device=unit.run.device, precision=variant.precision,
         channels_last=unit.run.channels_last, compile=unit.run.compile,
-        accumulation_steps=resolved.split.accumulation_steps, sync_batchnorm=unit.run.sync_batchnorm,
+        accumulation_steps=variant.accumulation_steps, sync_batchnorm=unit.run.sync_batchnorm,
         progress=unit.run.progress, world=world,
     )
-    train_loader, val_loader = build_loaders(datasets, resolved.split.micro_batch, workers=resolved.data.workers,
+    train_loader, val_loader = build_loaders(datasets, variant.micro_batch, workers=unit.run.workers,
                                              seed=unit.seed, rank=world.rank, world_size=world.world_size,
                                              device=options.torch_device())
-    recipe = resolved.recipe
+    recipe = variant.recipe
     if world.is_main:
-        click.echo(f"{unit.label} {unit.step} seed {unit.seed}: {complexity.params / 1e6:.2f} M params, "
-                   f"{complexity.gmacs:.3f} GMACs at {resolved.data.image_size} px, {recipe.name} recipe, "
-                   f"{recipe.epochs} epochs, {resolved.split.describe()}, BatchNorm batch {recipe.bn_batch}, "
-                   f"peak lr {recipe.lr():.2e}")
+        click.echo(f"{unit.title}: {complexity.params / 1e6:.2f} M params, {complexity.gmacs:.3f} GMACs at "
+                   f"{variant.data.image_size} px, {recipe.name} recipe, {recipe.epochs} epochs, batch "
+                   f"{recipe.batch_size} ({variant.micro_batch} x {variant.accumulation_steps} accumulation x "
+                   f"{variant.processes} processes), BatchNorm batch {recipe.bn_batch}, peak lr {recipe.lr():.2e}")
     if tracker is None:  # ranks > 0
         result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
                                     options=options)
-        return UnitOutcome(unit.key, unit.step, unit.seed, result.status, result=result)
-    params = {key: value for key, value in unit.config.items() if key != "step"}
-    with tracker.step_run(unit.step, unit.seed, unit.config_hash, params=params, tags=_tags(unit, datasets, world),
-                          config=unit.config) as run:
+        return UnitOutcome(unit.key, unit.name, unit.seed, result.status, result=result)
+    params = {key: value for key, value in config.items() if key not in ("variant", "step")}
+    with tracker.step_run(unit.name, unit.seed, unit.config_hash, params=params, tags=_tags(unit, datasets, world),
+                          config=config) as run:
         if run.resumed:
             click.echo(f"{unit.label} resuming MLflow run {run.run_id}")
         result = train_and_evaluate(model, recipe, train_loader, val_loader, num_classes=datasets.num_classes,
@@ -193,23 +216,23 @@ def _train_unit(unit: UnitOfWork, cache: DatasetCache, tracker, world: distribut
         _log_files(run, folder, datasets, result)
     where = f"resumed from epoch {result.resumed_from_epoch}" if result.resumed_from_epoch else "trained"
     if result.status == Status.FINISHED:
-        message = (f"{unit.label} {unit.step} seed {unit.seed}: top-1 {result.top1:.2f} % (best {result.top1_best:.2f} "
-                   f"% at epoch {result.top1_best_epoch}), top-5 {result.top5:.2f} % on {datasets.description} val; "
-                   f"{where}; {result.wall_time_s:.1f} s; train {result.train_img_per_s:.0f} img/s on "
-                   f"{unit.run.device}")
+        message = (f"{unit.title}: top-1 {result.top1:.2f} % (best {result.top1_best:.2f} % at epoch "
+                   f"{result.top1_best_epoch}), top-5 {result.top5:.2f} % on {datasets.description} val; {where}; "
+                   f"{result.wall_time_s:.1f} s; train {result.train_img_per_s:.0f} img/s on {unit.run.device}")
     else:
-        message = f"{unit.label} {unit.step} seed {unit.seed}: DIVERGED: {result.reason}"
-    return _say(world, UnitOutcome(unit.key, unit.step, unit.seed, result.status, result=result, run_id=run.run_id,
+        message = f"{unit.title}: DIVERGED: {result.reason}"
+    return _say(world, UnitOutcome(unit.key, unit.name, unit.seed, result.status, result=result, run_id=run.run_id,
                                    message=message))
 
 
-def _tags(unit: UnitOfWork, datasets: Datasets, world: distributed.WorldInfo) -> dict[str, Any]:
+def _tags(unit: UnitOfWork, datasets: Datasets, world: distributed.WorldInfo) -> dict[str, object]:
     from ..tracking import environment_tags
 
-    step = unit.resolved.step
+    variant = unit.variant
     device = torch.cuda.get_device_name() if unit.run.device == "cuda" else "cpu"
     return {
-        Tag.ORDER: step.order, Tag.GROUP: step.group, Tag.ADOPTED: step.adopted, Tag.PARENT_STEP: step.parent or "",
+        Tag.ORDER: variant.order, Tag.GROUP: variant.group, Tag.ADOPTED: variant.adopted,
+        Tag.BASELINE: variant.baseline or "", Tag.ABLATION: unit.ablation, Tag.HASH_VERSION: HASH_VERSION,
         Tag.ROADMAP: unit.roadmap, Tag.DATASET: datasets.description, Tag.DATA_KIND: datasets.kind,
         Tag.PRESET: unit.preset, Tag.DEVICE: f"{device} x{world.world_size}", **environment_tags(),
     }

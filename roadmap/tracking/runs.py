@@ -4,7 +4,7 @@ from __future__ import annotations
 import numbers
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,10 @@ from mlflow.utils.validation import MAX_METRICS_PER_BATCH, MAX_PARAMS_TAGS_PER_B
 
 from ..schema import OUTCOMES, RunKind, Status, Tag, benchmark_run_name, step_run_name
 from .datasets import DatasetRecord, log_datasets
+from .errors import TrackingUnreachable
+from .server import DEFAULT_PATIENCE_S
 from .store import TrackingError, check_tracking_uri, ensure_experiment, first_line, is_shared_server, open_client
+from .system_metrics import SYSTEM_PREFIX, monitor_system
 
 # MLflow statuses of a run that did not complete: a later attempt with the same key resumes it.
 UNFINISHED_STATUSES = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
@@ -82,12 +85,20 @@ class StepRun:
 
 
 class Tracker:
-    """An experiment in one MLflow store, through MLflow's client (no global active-run state)."""
+    """An experiment in one MLflow store, through MLflow's client (no global active-run state).
 
-    def __init__(self, tracking_uri: str | None, experiment: str, *, description: str = "") -> None:
-        self.tracking_uri = check_tracking_uri(tracking_uri)
+    `patience_s`: how long every call waits for a tracking server that does not answer before it raises
+    TrackingUnreachable (roadmap.tracking.server). `system_metrics`: log MLflow's system metrics (CPU, memory,
+    GPUs) into each step run while it is open.
+    """
+
+    def __init__(self, tracking_uri: str | None, experiment: str, *, description: str = "",
+                 patience_s: float = DEFAULT_PATIENCE_S, system_metrics: bool = True) -> None:
+        self.tracking_uri = check_tracking_uri(tracking_uri, patience_s)
         self.experiment = experiment
-        self._client = open_client(self.tracking_uri)
+        self.patience_s = patience_s
+        self._client = open_client(self.tracking_uri, patience_s)
+        self._system_metrics = system_metrics
         tags = {Tag.DESCRIPTION: description} if description else {}
         self.experiment_id = ensure_experiment(self._client, self.tracking_uri, experiment, tags)
         # The parent run that step runs opened by this tracker nest under.
@@ -114,6 +125,8 @@ class Tracker:
         """Mark an earlier parent run RUNNING again (a re-attached launch); False if it is gone or deleted."""
         try:
             run = self._client.get_run(run_id)
+        except TrackingUnreachable:
+            raise
         except Exception:  # MlflowException for an unknown id; the store's own errors otherwise
             return False
         if run.info.lifecycle_stage != "active" or run.info.experiment_id != self.experiment_id:
@@ -138,12 +151,23 @@ class Tracker:
         try:
             yield run_id
         except BaseException as error:
-            self.end_study(run_id, _terminal_status(error))
+            if not isinstance(error, TrackingUnreachable):  # else it stays RUNNING: the server is gone
+                self.end_study(run_id, _terminal_status(error))
             raise
         else:
             self.end_study(run_id, "FINISHED")
         finally:
             self.study_run_id = outer
+
+    def log_study_text(self, run_id: str, text: str, name: str) -> None:
+        """A text file of the whole study (its plan) on its parent run."""
+        self._client.log_text(run_id, text, name)
+
+    def count_step_runs_of_other_versions(self, roadmap: str, hash_version: int) -> int:
+        """Step runs of `roadmap` in this experiment whose configuration hash is of another version."""
+        query = f"tags.{Tag.RUN_KIND} = '{RunKind.STEP}' and tags.{Tag.ROADMAP} = {quoted('roadmap', roadmap)}"
+        return sum(run.data.tags.get(Tag.HASH_VERSION) != str(hash_version)
+                   for run in search_runs(self._client, [self.experiment_id], query))
 
     def log_study_artifacts(self, run_id: str, paths: Sequence[Path]) -> None:
         """Files of the whole study (figures, results table) on its parent run."""
@@ -152,9 +176,10 @@ class Tracker:
 
     # ------------------------------------------------------------------------------------- step runs
 
-    def find_finished(self, step: str, seed: int, config_hash: str) -> str | None:
-        """The id of the latest FINISHED step run with these tags (outcome finished or diverged), else None."""
-        finished = [run for run in self._step_runs(step, seed, config_hash) if run.info.status == "FINISHED"]
+    def find_finished(self, seed: int, config_hash: str) -> str | None:
+        """The id of the latest FINISHED step run of this (seed, configuration), whichever variant named it
+        (outcome finished or diverged), else None."""
+        finished = [run for run in self._step_runs(seed, config_hash) if run.info.status == "FINISHED"]
         return finished[0].info.run_id if finished else None
 
     @contextmanager
@@ -170,8 +195,7 @@ class Tracker:
         run_tags = {**_str_values(tags), **_str_values(key_tags), Tag.RUN_KIND: RunKind.STEP}
         if self.study_run_id:
             run_tags[Tag.PARENT_RUN] = self.study_run_id
-        unfinished = [run for run in self._step_runs(step, seed, config_hash)
-                      if run.info.status in UNFINISHED_STATUSES]
+        unfinished = [run for run in self._step_runs(seed, config_hash) if run.info.status in UNFINISHED_STATUSES]
         if unfinished:
             earlier = unfinished[0]
             run_id = earlier.info.run_id
@@ -191,8 +215,11 @@ class Tracker:
         self._client.log_dict(run_id, config, "config.json")
         step_run = StepRun(self._client, run_id, resumed=bool(unfinished), final_step=final_step)
         try:
-            yield step_run
+            with self._system_metrics_of(run_id):
+                yield step_run
         except BaseException as error:
+            if isinstance(error, TrackingUnreachable):
+                raise  # nothing can be recorded; the run stays RUNNING and the next attempt resumes it
             status = _terminal_status(error)
             log_tags(self._client, run_id, {Tag.STATUS: Status.KILLED if status == "KILLED" else Status.FAILED,
                                             Tag.REASON: first_line(error)})
@@ -202,6 +229,9 @@ class Tracker:
             if step_run.outcome is None:
                 step_run.set_outcome(Status.FINISHED)
             self._client.set_terminated(run_id, "FINISHED")
+
+    def _system_metrics_of(self, run_id: str) -> AbstractContextManager[None]:
+        return monitor_system(self.tracking_uri, run_id) if self._system_metrics else nullcontext()
 
     def annotate(self, run_id: str, metrics: dict[str, float | None], tags: dict[str, Any]) -> None:
         """Add numbers and tags to a completed run (a step's Δ and its test), after the last epoch."""
@@ -223,7 +253,7 @@ class Tracker:
         self._log_params(run.info.run_id, params)
         log_numbers(self._client, run.info.run_id, figures, step=0)
         self._client.set_terminated(run.info.run_id, "FINISHED")
-        query = (f"tags.{Tag.RUN_KIND} = '{RunKind.STEP}' and tags.{Tag.STEP} = {quoted('step', step)} and "
+        query = (f"tags.{Tag.RUN_KIND} = '{RunKind.STEP}' and "
                  f"tags.{Tag.CONFIG_HASH} = {quoted('config_hash', tags.get(Tag.CONFIG_HASH, ''))}")
         for trained in search_runs(self._client, [self.experiment_id], query):
             if trained.info.status == "FINISHED":
@@ -231,14 +261,13 @@ class Tracker:
         return run.info.run_id
 
     def _next_step(self, run_id: str) -> int:
-        """One after the last MLflow step any metric of the run was logged at."""
-        metrics = self._client.get_run(run_id).data.metrics
+        """One after the last MLflow step any metric of the run was logged at (system metrics count samples)."""
+        metrics = [key for key in self._client.get_run(run_id).data.metrics if not key.startswith(SYSTEM_PREFIX)]
         return 1 + max((m.step for key in metrics for m in self._client.get_metric_history(run_id, key)), default=-1)
 
-    def _step_runs(self, step: str, seed: int, config_hash: str) -> list:
-        """Step runs with this key, newest first."""
-        query = (f"tags.{Tag.RUN_KIND} = '{RunKind.STEP}' and tags.{Tag.STEP} = {quoted('step', step)} "
-                 f"and tags.{Tag.SEED} = {quoted('seed', seed)} "
+    def _step_runs(self, seed: int, config_hash: str) -> list:
+        """Step runs of this (seed, configuration), newest first: a run is its configuration and seed."""
+        query = (f"tags.{Tag.RUN_KIND} = '{RunKind.STEP}' and tags.{Tag.SEED} = {quoted('seed', seed)} "
                  f"and tags.{Tag.CONFIG_HASH} = {quoted('config_hash', config_hash)}")
         return search_runs(self._client, [self.experiment_id], query)
 

@@ -3,42 +3,31 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import re
-import ssl
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.utils.file_utils import path_to_local_file_uri
 
-from ..errors import SpecError
+from .errors import VALID_URI_FORMS, TrackingError, TrackingUnreachable, first_line
+from .server import DEFAULT_PATIENCE_S, PatientClient, probe_server, use_mlflow_retry_defaults
 
 # MLflow 3.x's own default: with MLFLOW_TRACKING_URI unset (and no legacy ./mlruns file store present),
 # `mlflow.get_tracking_uri()` is "sqlite:///mlflow.db" in the working directory, and a plain `mlflow ui`
 # started there serves it. Artifacts go beside the database, in ./mlruns/<experiment>.
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
-VALID_URI_FORMS = (
-    "sqlite:///PATH (e.g. sqlite:///mlflow.db), http(s)://HOST:PORT of an `mlflow server`, "
-    "or a directory / file:///DIR (MLflow's file store; needs MLFLOW_ALLOW_FILE_STORE=true)"
-)
-# Seconds the reachability probe of a tracking server may take (MLflow's own retries take minutes).
-SERVER_PROBE_TIMEOUT_S = 3.0
 
+def check_tracking_uri(tracking_uri: str | None, patience_s: float = DEFAULT_PATIENCE_S) -> str:
+    """The URI to use (the default for None); a malformed one, or a server that is not one, raises TrackingError.
 
-class TrackingError(SpecError):
-    """A tracking URI, server or experiment that cannot be used; the message names it and the valid forms."""
-
-
-def check_tracking_uri(tracking_uri: str | None) -> str:
-    """The URI to use (the default for None); a malformed or unreachable one raises TrackingError."""
+    A server that does not answer is waited for up to `patience_s` (then TrackingUnreachable).
+    """
     uri = DEFAULT_TRACKING_URI if tracking_uri is None else tracking_uri.strip()
     scheme = urlparse(uri).scheme
     if not uri:
@@ -50,7 +39,7 @@ def check_tracking_uri(tracking_uri: str | None) -> str:
             raise TrackingError(f"tracking URI {uri!r} names a directory, not a database file; "
                                 f"valid forms: {VALID_URI_FORMS}")
     elif scheme in ("http", "https"):
-        probe_server(uri)
+        probe_server(uri, patience_s)
     elif scheme == "file":
         if not uri.startswith("file:///") and not uri.startswith("file://localhost/"):
             raise TrackingError(f"tracking URI {uri!r} is malformed; valid forms: {VALID_URI_FORMS}")
@@ -59,9 +48,9 @@ def check_tracking_uri(tracking_uri: str | None) -> str:
     return uri
 
 
-def absolute_uri(tracking_uri: str | None) -> str:
+def absolute_uri(tracking_uri: str | None, patience_s: float = DEFAULT_PATIENCE_S) -> str:
     """The URI with a local store's path made absolute, for jobs that run in another working directory."""
-    uri = check_tracking_uri(tracking_uri)
+    uri = check_tracking_uri(tracking_uri, patience_s)
     scheme = urlparse(uri).scheme
     if scheme == "sqlite":
         return f"sqlite:///{Path(sqlite_path(uri)).resolve()}"
@@ -75,39 +64,22 @@ def sqlite_path(uri: str) -> str:
     return uri[len("sqlite:///"):]
 
 
-def probe_server(uri: str) -> None:
-    """Fail within seconds when nothing answers at `uri` (any HTTP answer, even an error, is an answer)."""
-    parsed = urlparse(uri)
-    if not parsed.hostname:
-        raise TrackingError(f"tracking URI {uri!r} names no host; valid forms: {VALID_URI_FORMS}")
-    try:
-        _ = parsed.port
-    except ValueError:
-        raise TrackingError(f"tracking URI {uri!r} has an invalid port; valid forms: {VALID_URI_FORMS}") from None
-    context = None
-    if parsed.scheme == "https" and os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
-        context = ssl._create_unverified_context()
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=SERVER_PROBE_TIMEOUT_S, context=context):
-            pass
-    except urllib.error.HTTPError:
-        pass
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise TrackingError(f"tracking server {uri!r} is unreachable ({reason}); start it with `mlflow server` "
-                            f"or use another URI; valid forms: {VALID_URI_FORMS}") from None
-
-
-
-def open_client(uri: str) -> MlflowClient:
+def open_client(uri: str, patience_s: float = DEFAULT_PATIENCE_S) -> MlflowClient:
     """A client of a checked URI whose store exists: a new SQLite file is created (MLflow's schema migration)
-    under an interprocess lock, so that studies started at the same moment on a new file all succeed."""
+    under an interprocess lock, so that studies started at the same moment on a new file all succeed.
+
+    The client of a tracking server waits out an outage in every call, up to `patience_s` (PatientClient,
+    which forwards every MlflowClient method).
+    """
     try:
         with store_lock(uri):
             client = MlflowClient(tracking_uri=uri)
+            if is_shared_server(uri):
+                use_mlflow_retry_defaults()
+                client = cast(MlflowClient, PatientClient(client, uri, patience_s))
             client.search_experiments(max_results=1)  # creates and migrates the store now, inside the lock
         return client
-    except TrackingError:
+    except (TrackingError, TrackingUnreachable):
         raise
     except Exception as error:  # MLflow, SQLAlchemy and sqlite3 each raise their own kinds here
         raise store_error(uri, error, "cannot be opened") from None
@@ -140,12 +112,6 @@ def store_error(uri: str, error: Exception, what: str) -> TrackingError:
     return TrackingError(f"tracking URI {uri!r} {what} ({first_line(error)}); valid forms: {VALID_URI_FORMS}")
 
 
-def first_line(error: BaseException, limit: int = 300) -> str:
-    text = str(getattr(error, "message", error)).strip()
-    line = text.splitlines()[0][:limit] if text else ""
-    return line if isinstance(error, MlflowException) else f"{type(error).__name__}: {line}".rstrip(": ")
-
-
 def store_is_absent(uri: str) -> bool:
     """True when a local store does not exist yet (so reading it must not create it)."""
     scheme = urlparse(uri).scheme
@@ -174,21 +140,23 @@ def artifact_location(uri: str, experiment: str) -> str | None:
 def get_experiment(client: MlflowClient, uri: str, experiment: str):
     try:
         return client.get_experiment_by_name(experiment)
+    except TrackingUnreachable:
+        raise
     except Exception as error:  # as in open_client
         raise store_error(uri, error, "cannot be read") from None
 
 
-def active_experiment_id(uri: str, experiment: str) -> str | None:
+def active_experiment_id(uri: str, experiment: str, patience_s: float = DEFAULT_PATIENCE_S) -> str | None:
     """The id of `experiment` if it exists and is not deleted; never creates the store."""
     if store_is_absent(uri):
         return None
-    found = get_experiment(open_client(uri), uri, experiment)
+    found = get_experiment(open_client(uri, patience_s), uri, experiment)
     return found.experiment_id if found is not None and found.lifecycle_stage == "active" else None
 
 
-def experiment_exists(tracking_uri: str | None, experiment: str) -> bool:
+def experiment_exists(tracking_uri: str | None, experiment: str, patience_s: float = DEFAULT_PATIENCE_S) -> bool:
     """Whether `experiment` exists (and is not deleted) in the store; never creates the store."""
-    return active_experiment_id(check_tracking_uri(tracking_uri), experiment) is not None
+    return active_experiment_id(check_tracking_uri(tracking_uri, patience_s), experiment, patience_s) is not None
 
 
 def ensure_experiment(client: MlflowClient, uri: str, experiment: str, tags: dict[str, str]) -> str:

@@ -49,7 +49,12 @@ def init_distributed(device: str | None = None) -> WorldInfo:
     if device == "cuda":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        if device == "cuda":
+            # Bound to its GPU: NCCL forms the communicator now (an error shows here, not at the first
+            # collective) and barriers know their device.
+            dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            dist.init_process_group(backend="gloo")
     return WorldInfo(
         rank=rank,
         local_rank=local_rank,
@@ -68,9 +73,12 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 def wrap_model(model: nn.Module, world: WorldInfo, sync_batchnorm: bool = False) -> nn.Module:
-    """DDP around `model` (already on its device) when there are several processes; otherwise `model` itself.
+    """DDP around `model` (already on its device, maybe compiled) when there are several processes; otherwise
+    `model` itself.
 
     SyncBatchNorm replaces BatchNorm only when asked, with several processes, and when the model has BN.
+    Gradients are views of DDP's all-reduce buckets (`gradient_as_bucket_view`): no copy between the two and
+    one gradient-sized buffer less; the engine then zeroes gradients instead of freeing them.
     """
     if world.world_size == 1 or not is_distributed():
         return model
@@ -79,7 +87,18 @@ def wrap_model(model: nn.Module, world: WorldInfo, sync_batchnorm: bool = False)
             raise SpecError("sync_batchnorm=True is not valid on device='cpu'; SyncBatchNorm needs CUDA")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     device_ids = [world.local_rank] if world.device.startswith("cuda") else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, gradient_as_bucket_view=True)
+
+
+def broadcast_buffers(model: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every process.
+
+    What DDP does before each of its forward passes (broadcast_buffers=True); evaluation runs the model
+    outside DDP, so it does it once first: every process then evaluates the weights rank 0 checkpoints.
+    """
+    if is_distributed():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
 
 
 def barrier() -> None:

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..schema import Metric, Status
+from ..schema import EPOCH_METRICS, Metric, Status
 
 
 @dataclass(frozen=True)
@@ -22,9 +22,14 @@ class EpochRecord:
     train_s: float  # the epoch's training loop
     data_wait_s: float  # the part of train_s this process waited for batches
 
+    @property
+    def data_wait_pct(self) -> float:
+        """data_wait_s in % of train_s: how much of the loop the model sat idle for want of batches."""
+        return 100 * self.data_wait_s / self.train_s if self.train_s > 0 else math.nan
+
     def metrics(self) -> dict[str, float]:
         """The per-epoch metrics by their schema names (the epoch itself is MLflow's step)."""
-        return {key: getattr(self, key) for key in EPOCH_FIELDS}
+        return {**{key: getattr(self, key) for key in EPOCH_FIELDS}, Metric.DATA_WAIT_PCT: self.data_wait_pct}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> EpochRecord:
@@ -33,8 +38,7 @@ class EpochRecord:
 
 
 EPOCH_FIELDS = tuple(field.name for field in dataclasses.fields(EpochRecord) if field.name != "epoch")
-assert set(EPOCH_FIELDS) == {str(m) for m in (Metric.TRAIN_LOSS, Metric.LR, Metric.VAL_TOP1, Metric.VAL_TOP5,
-                                              Metric.TRAIN_IMG_PER_S, Metric.TRAIN_S, Metric.DATA_WAIT_S)}
+assert {*EPOCH_FIELDS, Metric.DATA_WAIT_PCT} == set(EPOCH_METRICS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,10 @@ class TrainResult:
 
     top1/top5 (%) and train_loss are the last epoch's (NaN after a divergence, or with no epoch);
     eval_img_per_s is the last evaluation's; wall_time_s adds up every attempt of this run,
-    interrupted ones included; peak_memory_mb is in MiB (see `peak_memory_mb` in the engine).
+    interrupted ones included. Memory figures are peaks of this attempt alone, in MiB
+    (`roadmap.training.memory.PeakMemory`); None where they do not apply (CUDA's on the CPU) or were not
+    measured (files written before they existed). peak_memory_mb is kept for readers of the old name: the
+    allocated peak on CUDA, the process's RSS peak on the CPU, in MiB.
     """
 
     status: Status  # FINISHED or DIVERGED
@@ -56,6 +63,11 @@ class TrainResult:
     eval_img_per_s: float
     peak_memory_mb: float
     wall_time_s: float
+    peak_memory_allocated_mib: float | None = None
+    peak_memory_reserved_mib: float | None = None
+    peak_process_rss_mib: float | None = None
+    # torch.compile recompilations of this attempt (roadmap.training.compiled); None when not compiled.
+    recompiles: int | None = None
 
     @property
     def epochs_completed(self) -> int:
@@ -91,13 +103,23 @@ class TrainResult:
     def data_wait_s(self) -> float:
         return sum(record.data_wait_s for record in self.history)
 
-    def final_metrics(self) -> dict[str, float]:
-        """The run's final numbers by their schema names."""
+    @property
+    def data_wait_pct(self) -> float:
+        """The training loops' wait for data in % of their time, over all epochs."""
+        train = self.train_s
+        return 100 * self.data_wait_s / train if train > 0 else math.nan
+
+    def final_metrics(self) -> dict[str, float | None]:
+        """The run's final numbers by their schema names; None for a figure that does not apply to this run."""
         return {
             Metric.TOP1: self.top1, Metric.TOP5: self.top5, Metric.TOP1_BEST: self.top1_best,
             Metric.TOP1_BEST_EPOCH: self.top1_best_epoch, Metric.TRAIN_IMG_PER_S: self.train_img_per_s,
             Metric.EVAL_IMG_PER_S: self.eval_img_per_s, Metric.PEAK_MEMORY_MB: self.peak_memory_mb,
             Metric.WALL_TIME_S: self.wall_time_s,
+            Metric.DATA_WAIT_PCT: None if math.isnan(self.data_wait_pct) else self.data_wait_pct,
+            Metric.PEAK_MEMORY_ALLOCATED_MIB: self.peak_memory_allocated_mib,
+            Metric.PEAK_MEMORY_RESERVED_MIB: self.peak_memory_reserved_mib,
+            Metric.PEAK_PROCESS_RSS_MIB: self.peak_process_rss_mib, Metric.RECOMPILES: self.recompiles,
         }
 
     def to_json(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import SpecError
 from ..spec import RecipeSpec, spec_hash
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .distributed import WorldInfo
 from .result import EpochRecord
 
@@ -29,6 +29,11 @@ def fingerprint(recipe: RecipeSpec, num_classes: int) -> dict[str, Any]:
     return {"recipe": spec_hash(recipe), "num_classes": num_classes}
 
 
+# What a resume point holds (save_state).
+RESUME_KEYS = frozenset({"model", "optimizer", "scheduler", "epoch", "history", "rng", "eval_img_per_s",
+                         "fingerprint", "wall_time_s"})
+
+
 def save_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, epoch: int,
                history: list[EpochRecord], rng: list[dict[str, Any]], eval_img_per_s: float,
                fingerprint: dict[str, Any], wall_time_s: float) -> None:
@@ -40,8 +45,15 @@ def save_state(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 def load_state(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
-    """The saved state, its history as EpochRecords; a checkpoint of another recipe is a SpecError."""
+    """The saved state, its history as EpochRecords; a checkpoint of another recipe is a SpecError.
+
+    Read with weights_only=True (no code runs). The previous version's checkpoints, whose NumPy RNG state is a
+    uint32 array, still load and resume exactly (checkpoint.LEGACY_NUMPY_GLOBALS).
+    """
     state = load_checkpoint(path)
+    if not isinstance(state, dict) or not RESUME_KEYS <= set(state):
+        raise CheckpointError(f"{path} is not a resume point written by the training engine (it needs "
+                              f"{', '.join(sorted(RESUME_KEYS))}); remove it or choose another checkpoint_dir")
     if state["fingerprint"] != expected:
         raise SpecError(f"{path} was written for {state['fingerprint']}, not {expected}; "
                         "remove it or choose another checkpoint_dir")
@@ -50,11 +62,15 @@ def load_state(path: Path, expected: dict[str, Any]) -> dict[str, Any]:
 
 
 def rng_state(device: torch.device, loaders: tuple[DataLoader, ...]) -> dict[str, Any]:
+    """Every generator's state as tensors and plain values, which torch.load(weights_only=True) reads."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
+        # NumPy's MT19937 state: its 624 uint32 keys as an int64 tensor (a NumPy array would need unpickling).
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
+                  "has_gauss": has_gauss, "cached_gaussian": cached_gaussian},
+        "python": random.getstate(),  # a tuple of ints
         # A loader given its own generator draws its worker seeds from it instead of from torch's.
         "loaders": [loader.generator.get_state() if loader.generator is not None else None for loader in loaders],
     }
@@ -70,8 +86,16 @@ def restore_rng(states: list[dict[str, Any]], *, seed: int, world: WorldInfo, de
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state["cuda"], device)
-    np.random.set_state(state["numpy"])
+    np.random.set_state(_numpy_state(state["numpy"]))
     random.setstate(state["python"])
     for loader, generator_state in zip(loaders, state["loaders"]):
         if loader.generator is not None and generator_state is not None:
             loader.generator.set_state(generator_state)
+
+
+def _numpy_state(saved: dict[str, Any] | tuple) -> tuple:
+    """np.random.set_state's tuple from a saved state: this version's dict, or the previous version's tuple."""
+    if isinstance(saved, tuple):
+        return saved
+    keys = saved["keys"].numpy().astype(np.uint32)
+    return saved["kind"], keys, saved["position"], saved["has_gauss"], saved["cached_gaussian"]

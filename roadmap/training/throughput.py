@@ -1,4 +1,7 @@
-"""Measured cost of a network (`--benchmark`): training and inference img/s, run-to-run noise, peak memory."""
+"""Measured cost of a network (`--benchmark`): training and inference img/s, run-to-run noise, peak memory, MFU.
+
+On CUDA the defaults are timm's benchmark protocol (`BenchmarkConfig.timm_protocol`), under the numerics a
+training runs with (`training_numerics`: TF32, cudnn.benchmark); the CPU's are small and unchanged."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,12 +22,17 @@ from ..errors import SpecError
 from ..models.complexity import count_complexity
 from ..models.network import build_model
 from ..spec import DEVICES, PRECISIONS, choice, whole_number
+from .compiled import reset_compile_cache
+from .memory import reset_rss_high_water_mark
+from .mfu import Peak, find_peak, mfu_pct
+from .numerics import cuda_numerics_description, training_numerics
 
 # The optimizer of every timed training step; its update costs as much as the modern recipe's.
 OPTIMIZER = "adamw"
 PEAK_MEMORY_CONVENTION = {
     "cuda": "torch.cuda.max_memory_allocated (MiB) from just before the model is moved to the GPU: "
-    "weights, gradients, AdamW state and activations",
+    "weights, gradients, AdamW state and activations; reserved = torch.cuda.max_memory_reserved, what the "
+    "caching allocator held",
     "cpu": "increase of the process's peak resident set size (MiB, getrusage ru_maxrss, peak reset through "
     "/proc/self/clear_refs) over its size at the start of the measurement: gradients, AdamW state, activations "
     "and allocator caches (with compile, the compiler's too), not the weights; it depends on the allocator "
@@ -56,6 +64,16 @@ class BenchmarkConfig:
     iterations_per_repeat: int = 3
     # Outputs of the classifier (the loss needs labels below it).
     num_classes: int = 1000
+    # The GPU's dense peak in TFLOPS that MFU divides by; None: looked up by GPU name (roadmap.training.mfu).
+    peak_tflops: float | None = None
+
+    @classmethod
+    def timm_protocol(cls, **changes: Any) -> BenchmarkConfig:
+        """timm's benchmark.py protocol, the default on CUDA: batch 256, 10 warm-up and 40 timed iterations
+        (here 5 repeats x 8, so that the spread shows the noise). Small batches or few iterations would time
+        kernel launches, not the GPU's arithmetic."""
+        return cls(**{"device": "cuda", "batch_size": 256, "warmup": 10, "repeats": 5, "iterations_per_repeat": 8,
+                      **changes})
 
     def __post_init__(self) -> None:
         choice("device", self.device, DEVICES)
@@ -63,6 +81,8 @@ class BenchmarkConfig:
         for name in ("batch_size", "image_size", "repeats", "iterations_per_repeat", "num_classes"):
             whole_number(name, getattr(self, name), 1)
         whole_number("warmup", self.warmup, 0)
+        if self.peak_tflops is not None:
+            find_peak("", self.precision, self.peak_tflops)  # checks it
         if self.device == "cuda" and not torch.cuda.is_available():
             raise SpecError("device='cuda' is not valid here: torch.cuda.is_available() is False")
 
@@ -72,10 +92,17 @@ class BenchmarkConfig:
 
     def describe(self) -> str:
         """One line naming every setting a throughput figure depends on."""
+        numerics = f", {cuda_numerics_description()}" if self.device == "cuda" else ""
         return (
             f"{device_name(self.device)}, batch {self.batch_size}, {self.image_size}x{self.image_size} px, "
             f"{self.precision}, {self.memory_format} memory format, {'torch.compile' if self.compile else 'eager'}"
+            f"{numerics}"
         )
+
+    def peak(self) -> Peak:
+        """The dense peak MFU is measured against: --peak-tflops, else the table's for this GPU (if known)."""
+        name = torch.cuda.get_device_name() if self.device == "cuda" else "cpu"
+        return find_peak(name, self.precision, self.peak_tflops)
 
 
 def device_name(device: str) -> str:
@@ -101,11 +128,7 @@ def _reset_rss_high_water() -> None:
     Where that is impossible, the CPU figure is the increase of the lifetime peak: a lower bound,
     zero when an earlier measurement in the process went higher.
     """
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-    except OSError:
-        pass
+    reset_rss_high_water_mark()
 
 
 class Workload:
@@ -176,11 +199,12 @@ class Workload:
 
 
 class PeakMemory:
-    """Peak memory of what runs inside the `with` block, in MiB; conventions in PEAK_MEMORY_CONVENTION."""
+    """Peak memory of what runs inside the `with` block, in MiB; conventions in PEAK_MEMORY_CONVENTION.
+    `reserved_mib` is CUDA's only (NaN on the CPU)."""
 
     def __init__(self, device: str):
         self.device = device
-        self.mb = math.nan
+        self.mb = self.reserved_mib = math.nan
 
     def __enter__(self) -> PeakMemory:
         if self.device == "cuda":
@@ -195,31 +219,49 @@ class PeakMemory:
         if self.device == "cuda":
             torch.cuda.synchronize()
             self.mb = torch.cuda.max_memory_allocated() / 2**20
+            self.reserved_mib = torch.cuda.max_memory_reserved() / 2**20
         else:
             self.mb = (_rss_high_water_kib() - self._start_kib) / 2**10
 
 
-def measure(model: nn.Module, config: BenchmarkConfig) -> dict[str, Any]:
-    """Training and evaluation throughput of `model` on random inputs, with their noise and peak memory.
+def measure(model: nn.Module, config: BenchmarkConfig, gmacs: float | None = None) -> dict[str, Any]:
+    """Training and evaluation throughput of `model` on random inputs, with their noise, peak memory and MFU.
 
     Returns train_img_per_s (forward + backward + AdamW step) and eval_img_per_s (inference-mode
     forward), each the median over `config.repeats` timed repeats after `config.warmup` untimed
     iterations; train_spread_pct and eval_spread_pct ((max - min) / median over the repeats, %);
-    peak_memory_mb (see PEAK_MEMORY_CONVENTION); and every field of `config`. The model is moved
-    to the device and its weights are updated by the training steps: pass a copy if they matter.
+    peak_memory_mb (see PEAK_MEMORY_CONVENTION) and, on CUDA, peak_memory_allocated_mib (the same figure)
+    and peak_memory_reserved_mib (NaN on the CPU); gmacs (per image, counted here unless given);
+    train_mfu_pct and eval_mfu_pct against `config.peak()` (NaN when no peak is known), with peak_tflops
+    and peak_source saying which peak; and every field of `config`. It runs under the numerics of a
+    training (`training_numerics`) and, compiled, from an empty dynamo cache. The model is moved to the
+    device and its weights are updated by the training steps: pass a copy if they matter.
     """
-    with PeakMemory(config.device) as peak:
+    if gmacs is None:
+        gmacs = count_complexity(model, config.image_size).gmacs
+    peak_flops = config.peak()
+    if config.compile:
+        reset_compile_cache()  # each model compiles afresh, never against an earlier one's recompile budget
+    with training_numerics(torch.device(config.device)), PeakMemory(config.device) as peak:
         workload = Workload(model, config)
         workload.warm_up()
         train = [workload.time_train() for _ in range(config.repeats)]
         evaluation = [workload.time_eval() for _ in range(config.repeats)]
+    train_rate, eval_rate = statistics.median(train), statistics.median(evaluation)
     return {
-        "train_img_per_s": statistics.median(train),
-        "eval_img_per_s": statistics.median(evaluation),
+        "train_img_per_s": train_rate,
+        "eval_img_per_s": eval_rate,
         "train_spread_pct": spread_pct(train),
         "eval_spread_pct": spread_pct(evaluation),
         "peak_memory_mb": peak.mb,
+        "peak_memory_allocated_mib": peak.mb if config.device == "cuda" else math.nan,
+        "peak_memory_reserved_mib": peak.reserved_mib,
+        "gmacs": gmacs,
+        "train_mfu_pct": mfu_pct(gmacs, train_rate, peak_flops, training=True),
+        "eval_mfu_pct": mfu_pct(gmacs, eval_rate, peak_flops, training=False),
+        "peak_source": peak_flops.description,
         **dataclasses.asdict(config),
+        "peak_tflops": peak_flops.tflops,
     }
 
 
@@ -232,14 +274,16 @@ def benchmark_steps(
         arch = dataclasses.replace(step.arch, width_multiplier=width_multiplier)
         model = build_model(arch, config.num_classes)
         complexity = count_complexity(model, config.image_size)
-        figures = measure(model, config)
-        rows.append({"step": step.name, "params": complexity.params, "gmacs": complexity.gmacs, **figures})
+        figures = measure(model, config, gmacs=complexity.gmacs)
+        rows.append({"step": step.name, "params": complexity.params, **figures})
         del model
         if progress:
             train, evaluation = figures["train_img_per_s"], figures["eval_img_per_s"]
+            mfu = (f", MFU train {figures['train_mfu_pct']:.1f} % eval {figures['eval_mfu_pct']:.1f} %"
+                   if math.isfinite(figures["train_mfu_pct"]) else "")
             print(
                 f"{step.name}: train {train:.1f} img/s (spread {figures['train_spread_pct']:.1f} %),"
-                f" eval {evaluation:.1f} img/s (spread {figures['eval_spread_pct']:.1f} %) [{config.describe()}]",
+                f" eval {evaluation:.1f} img/s (spread {figures['eval_spread_pct']:.1f} %){mfu} [{config.describe()}]",
                 file=sys.stderr,
                 flush=True,
             )
@@ -247,7 +291,9 @@ def benchmark_steps(
 
 
 def format_table(rows: list[dict[str, Any]], config: BenchmarkConfig) -> str:
-    """A plain-text table of benchmark_steps() rows, its header naming every setting the figures depend on."""
+    """A plain-text table of benchmark_steps() rows, its header naming every setting the figures depend on.
+
+    On CUDA it adds the reserved memory, and wherever a peak is known the MFU, with the peak it used."""
     header = [
         f"Throughput in img/s on {config.describe()}; median of {config.repeats} repeat(s) x "
         f"{config.iterations_per_repeat} iterations after {config.warmup} warm-up iterations.",
@@ -256,9 +302,18 @@ def format_table(rows: list[dict[str, Any]], config: BenchmarkConfig) -> str:
         f"GMACs: conv + linear multiply-accumulates per image at {config.image_size} px. "
         f"Peak memory: {PEAK_MEMORY_CONVENTION[config.device]}.",
     ]
+    with_mfu = any(math.isfinite(row.get("train_mfu_pct", math.nan)) for row in rows)
+    if with_mfu:
+        header.append(f"MFU: model FLOPs (6 x MACs per trained image, 2 x per evaluated one, x img/s) in % of "
+                      f"{rows[0]['peak_source']}.")
     columns = ["step", "params (M)", "GMACs", "train img/s", "spread %", "eval img/s", "spread %", "peak MiB"]
-    body = [
-        [
+    if config.device == "cuda":
+        columns.append("reserved MiB")
+    if with_mfu:
+        columns += ["MFU train %", "MFU eval %"]
+    body = []
+    for row in rows:
+        cells = [
             row["step"],
             f"{row['params'] / 1e6:.2f}",
             f"{row['gmacs']:.3g}",
@@ -268,8 +323,11 @@ def format_table(rows: list[dict[str, Any]], config: BenchmarkConfig) -> str:
             f"{row['eval_spread_pct']:.1f}",
             f"{row['peak_memory_mb']:.0f}",
         ]
-        for row in rows
-    ]
+        if config.device == "cuda":
+            cells.append(f"{row['peak_memory_reserved_mib']:.0f}")
+        if with_mfu:
+            cells += [f"{row['train_mfu_pct']:.1f}", f"{row['eval_mfu_pct']:.1f}"]
+        body.append(cells)
     widths = [max(len(line[i]) for line in [columns, *body]) for i in range(len(columns))]
 
     def render(cells: list[str]) -> str:

@@ -1,30 +1,22 @@
-"""What the executors share: a job's state, its outcome, and the one-line story of a failed job."""
+"""The executor protocol every launcher implements (submit units, report their statuses, collect their outcomes),
+and what the executors share: a job's status, its result, and the one-line story of a failed job."""
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from submitit.core.utils import JobPaths, pickle_load
 
-
-class JobState(StrEnum):
-    """A job as the launcher's table shows it."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    REQUEUED = "requeued"  # waiting to run again after a preemption, a time limit or `scontrol requeue`
-    FINISHED = "finished"  # the unit of work returned: its outcome is in JobResult.value
-    FAILED = "failed"  # it raised, was cancelled, ran out of time or memory, or its node failed
-
-
-ACTIVE = (JobState.PENDING, JobState.RUNNING, JobState.REQUEUED)
+from ...schema import Status
 
 
 @dataclass(frozen=True)
 class JobStatus:
-    state: JobState
+    # One of Status.PENDING, RUNNING, REQUEUED (still active), FINISHED (it returned) or FAILED.
+    state: Status
     # How many times the job started again after its first attempt.
     restarts: int = 0
     # The scheduler's own word for it (COMPLETED, TIMEOUT, OUT_OF_MEMORY, ...), for failures.
@@ -38,6 +30,43 @@ class JobResult:
     value: Any = None
     error: str = ""
     log: Path | None = None
+
+
+@dataclass(frozen=True)
+class JobHandle:
+    """A started job: its scheduler id (SLURM "array_task", a local controller's pid, "inline") and GPUs."""
+
+    job_id: str
+    gpus: tuple[int, ...] = ()
+
+
+class Executor(ABC):
+    """Runs a callable on keyed payloads somewhere, and reports on them by key.
+
+    `submit` hands over payloads (an executor may start them later, when a slot frees up); `attach` takes
+    back a job a previous launcher started; `statuses` says where every submitted or attached key stands;
+    `result` is a job's outcome once it is no longer active; `handles` are the started jobs, for the
+    launch record. Executors know nothing of models or MLflow: the callable does the work.
+    """
+
+    def __init__(self, function: Callable[[Any], Any]):
+        self.function = function
+
+    @abstractmethod
+    def submit(self, payloads: Sequence[tuple[str, Any]]) -> None: ...
+
+    def attach(self, key: str, handle: JobHandle) -> bool:
+        """Follow a job an earlier launcher started; False when this executor cannot (it is gone)."""
+        return False
+
+    @abstractmethod
+    def statuses(self) -> dict[str, JobStatus]: ...
+
+    @abstractmethod
+    def result(self, key: str) -> JobResult: ...
+
+    @abstractmethod
+    def handles(self) -> dict[str, JobHandle]: ...
 
 
 def last_error_line(text: str) -> str:

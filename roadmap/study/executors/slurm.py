@@ -4,16 +4,18 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import submitit
 from submitit.core.utils import JobPaths
 
 from ...errors import SpecError
-from .base import JobResult, JobState, JobStatus, last_error_line, read_result
+from ...schema import Status
+from .base import Executor, JobHandle, JobResult, JobStatus, last_error_line, read_result
 
 # squeue's words for a job that is still in the queue or on a node.
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "STAGE_OUT", "SIGNALING", "RESIZING"}
@@ -50,16 +52,20 @@ def check_slurm() -> None:
                         "the launcher needs sacct to see how jobs end")
 
 
-class SlurmJobs:
-    """Submits units of work as one job array and follows them by job id, also from a later process."""
+class SlurmExecutor(Executor):
+    """Submits payloads as one job array per `submit` and follows them by job id, also from a later process."""
 
-    def __init__(self, folder: Path, resources: SlurmResources):
+    def __init__(self, function, folder: Path, resources: SlurmResources):
+        super().__init__(function)
         # submitit keeps each job's pickles and logs in folder/<job id>/.
         self.pattern = folder / "%j"
         self.resources = resources
+        self._handles: dict[str, JobHandle] = {}
 
-    def submit(self, function: Callable[[Any], Any], payloads: Sequence[Any]) -> list[str]:
-        """One array of len(payloads) jobs (at most max_parallel at once); their ids, in payload order."""
+    def submit(self, payloads: Sequence[tuple[str, Any]]) -> None:
+        """One array of len(payloads) jobs (at most max_parallel at once)."""
+        if not payloads:
+            return
         executor = submitit.AutoExecutor(folder=self.pattern, cluster="slurm")
         r = self.resources
         parameters: dict[str, Any] = dict(
@@ -76,39 +82,55 @@ class SlurmJobs:
             parameters["slurm_array_parallelism"] = r.max_parallel
         executor.update_parameters(**parameters)
         try:
-            jobs = executor.map_array(function, list(payloads))
+            jobs = executor.map_array(self.function, [payload for _, payload in payloads])
         except subprocess.CalledProcessError as error:
             output = error.output.decode(errors="replace") if isinstance(error.output, bytes) else str(error.output)
             raise SpecError(f"sbatch refused the job array: {last_error_line(output) or error}") from None
-        return [job.job_id for job in jobs]
+        for (key, _), job in zip(payloads, jobs):
+            self._handles[key] = JobHandle(job.job_id)
+        click.echo(f"submitted {len(jobs)} job(s) as SLURM array {jobs[0].job_id.split('_')[0]}")
 
-    def statuses(self, job_ids: Sequence[str]) -> dict[str, JobStatus]:
+    def attach(self, key: str, handle: JobHandle) -> bool:
+        """Follow a job of an earlier launcher; SLURM knows it whatever became of that launcher."""
+        self._handles[key] = handle
+        return True
+
+    def statuses(self) -> dict[str, JobStatus]:
         """Each job's state now: squeue for queued and running jobs, sacct for finished ones and restarts."""
-        if not job_ids:
-            return {}
-        queued = _squeue(job_ids)
-        attempts = _sacct(job_ids)
-        statuses = {}
-        for job_id in job_ids:
-            history = attempts.get(job_id, [])
-            restarts = max(0, len(history) - 1)
-            state = queued.get(job_id) or (history[-1] if history else "PENDING")
-            statuses[job_id] = JobStatus(_table_state(state, restarts), restarts, state)
-        return statuses
+        by_id = job_statuses([handle.job_id for handle in self._handles.values()])
+        return {key: by_id[handle.job_id] for key, handle in self._handles.items()}
 
-    def result(self, job_id: str) -> JobResult:
+    def result(self, key: str) -> JobResult:
         """A finished job's return value, or why it failed and where its log is."""
-        return read_result(JobPaths(self.pattern, job_id=job_id))
+        return read_result(JobPaths(self.pattern, job_id=self._handles[key].job_id))
+
+    def handles(self) -> dict[str, JobHandle]:
+        return dict(self._handles)
 
 
-def _table_state(state: str, restarts: int) -> JobState:
+def job_statuses(job_ids: Sequence[str]) -> dict[str, JobStatus]:
+    """Each job's state now: squeue for queued and running jobs, sacct for finished ones and restarts."""
+    if not job_ids:
+        return {}
+    queued = _squeue(job_ids)
+    attempts = _sacct(job_ids)
+    statuses = {}
+    for job_id in job_ids:
+        history = attempts.get(job_id, [])
+        restarts = max(0, len(history) - 1)
+        state = queued.get(job_id) or (history[-1] if history else "PENDING")
+        statuses[job_id] = JobStatus(_table_state(state, restarts), restarts, state)
+    return statuses
+
+
+def _table_state(state: str, restarts: int) -> Status:
     if state == "PENDING":
-        return JobState.REQUEUED if restarts else JobState.PENDING
+        return Status.REQUEUED if restarts else Status.PENDING
     if state in RUNNING_STATES:
-        return JobState.RUNNING
+        return Status.RUNNING
     if state in REQUEUED_STATES:
-        return JobState.REQUEUED
-    return JobState.FINISHED if state == "COMPLETED" else JobState.FAILED
+        return Status.REQUEUED
+    return Status.FINISHED if state == "COMPLETED" else Status.FAILED
 
 
 def _squeue(job_ids: Sequence[str]) -> dict[str, str]:

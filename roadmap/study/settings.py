@@ -1,0 +1,111 @@
+"""How a study runs, never what it is: devices, loaders, launcher and resources, paths. Nothing here is hashed."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from ..errors import SpecError
+from ..spec import DEVICES, choice, whole_number
+from ..variants import StudyPlan
+
+
+class Launcher(StrEnum):
+    """Where a study's units of work run."""
+
+    INLINE = "inline"  # one after another in this process (or in each process of torchrun)
+    LOCAL = "local"  # submitit jobs on this machine, each on its own GPUs, at most --max-parallel at once
+    SLURM = "slurm"  # one SLURM job array through submitit
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How every unit trains: device, memory format, compilation, data loading, progress bars."""
+
+    device: str = "cpu"
+    channels_last: bool = False
+    compile: bool = False
+    sync_batchnorm: bool = False
+    progress: bool = True
+    # Data-loader worker processes per training process (0: the training process loads and augments).
+    workers: int = 0
+    # Let torchvision download CIFAR into its folder when it is missing (needs a network).
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        choice("device", self.device, DEVICES)
+        whole_number("--workers", self.workers, 0)
+
+
+@dataclass(frozen=True)
+class LaunchSettings:
+    """Where the units run: in this process, as local jobs, or as a SLURM job array, and with what resources."""
+
+    launcher: Launcher = Launcher.INLINE
+    # Jobs running at once (local: default one per visible GPU, one on a CPU-only machine; slurm: the
+    # array's %-throttle, default no limit).
+    max_parallel: int | None = None
+    # Per job: nodes, and GPUs (= training processes) per node; on a CPU-only machine, processes per node.
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int | None = None
+    mem_gb: int | None = None
+    timeout_min: int = 24 * 60
+    slurm_partition: str | None = None
+    # Passed to sbatch as --KEY=VALUE (account, qos, constraint, ...).
+    slurm_options: tuple[tuple[str, str], ...] = ()
+    # Wait for the jobs and write the results (False: return after submitting).
+    wait: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "launcher", Launcher(choice("--launcher", self.launcher, tuple(Launcher))))
+        for name in ("nodes", "gpus_per_node", "timeout_min"):
+            whole_number(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        for name in ("max_parallel", "cpus_per_task", "mem_gb"):
+            if getattr(self, name) is not None:
+                whole_number(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        if self.launcher == Launcher.LOCAL and self.nodes != 1:
+            raise SpecError(f"--nodes={self.nodes} is not valid with --launcher local; a local launch runs on "
+                            "one machine (--nodes 1); use --launcher slurm for several nodes")
+
+    @property
+    def processes_per_job(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """`--benchmark`: images per timed batch and timed repeats (the median is reported)."""
+
+    batch_size: int = 32
+    repeats: int = 5
+
+    def __post_init__(self) -> None:
+        whole_number("--bench-batch-size", self.batch_size, 1)
+        whole_number("--bench-repeats", self.repeats, 1)
+
+
+@dataclass(frozen=True)
+class Study:
+    """One invocation: the plan (what it studies) and how and where it runs."""
+
+    plan: StudyPlan
+    run: RunSettings = field(default_factory=RunSettings)
+    launch: LaunchSettings = field(default_factory=LaunchSettings)
+    bench: BenchSettings = field(default_factory=BenchSettings)
+    tracking_uri: str | None = None
+    # How long every MLflow call waits for a tracking server that does not answer (seconds).
+    tracking_patience_s: float = 600.0
+    experiment: str = ""
+    # Train again even where a finished run has the configuration (and discard its checkpoints).
+    force: bool = False
+    checkpoint_dir: Path = Path("checkpoints")
+    results_dir: Path = Path("results")
+
+    def __post_init__(self) -> None:
+        if not self.experiment:
+            object.__setattr__(self, "experiment", self.plan.roadmap.name)
+
+    @property
+    def title(self) -> str:
+        return self.plan.roadmap.title
