@@ -11,7 +11,6 @@ over rounds. The last line is `ratio cache/jpeg <x>`.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import statistics
 import sys
@@ -66,12 +65,7 @@ def write_photo_tree(root: Path, train_images: int, val_images: int, classes: in
 
 
 def data_spec(source: str, image_size: int, short_side: int) -> DataSpec:
-    if "cache_short_side" in {field.name for field in dataclasses.fields(DataSpec)}:
-        return DataSpec(source=source, image_size=image_size, cache_short_side=short_side)
-    # Until DataSpec has the field, a subclass carries it: the data layer reads it by name.
-    spec_class = dataclasses.make_dataclass("CachedDataSpec", [("cache_short_side", int, 0)], bases=(DataSpec,),
-                                            frozen=True)
-    return spec_class(source=source, image_size=image_size, cache_short_side=short_side)
+    return DataSpec(source=source, image_size=image_size, cache_short_side=short_side)
 
 
 def cpu_seconds_per_image(split, indices: list[int]) -> float:

@@ -11,7 +11,7 @@ import torch
 
 from roadmap import DataSpec, build_model, load_roadmap
 from roadmap.cli.common import OneLineErrors
-from roadmap.data import build_datasets, build_loaders
+from roadmap.data import build_datasets, build_loaders, default_workers
 from roadmap.study.presets import apply_preset, get_preset
 from roadmap.study.unit import cpu_threads
 from roadmap.training.engine import TrainOptions, train_and_evaluate
@@ -68,18 +68,19 @@ def main(step: str, roadmap_name: str, preset: str, repeats: int) -> None:
     chosen = roadmap.step(step)
     scale = get_preset(preset)
     arch, recipe, data = apply_preset(scale, chosen.arch, chosen.recipe, DataSpec(), epochs=1)
-    torch.set_num_threads(cpu_threads(1, data.workers))
+    workers = scale.workers if scale.workers is not None else default_workers()
+    torch.set_num_threads(cpu_threads(1, workers))
     memory_format = torch.channels_last if scale.channels_last else torch.contiguous_format
 
     first, later, pure = [], [], []
     for repeat in range(repeats):
         datasets = build_datasets(data, recipe)
-        loaders = build_loaders(datasets, recipe.batch_size, workers=data.workers, seed=repeat)
+        loaders = build_loaders(datasets, recipe.batch_size, workers=workers, seed=repeat)
         # The pure steps get the batches the first harness epoch will see, normalized and erased.
         loaders[0].sampler.set_epoch(0)
         batches = [(images.contiguous(memory_format=memory_format), labels) for images, labels in loaders[0]]
         datasets = build_datasets(data, recipe)  # afresh: nothing kept
-        loaders = build_loaders(datasets, recipe.batch_size, workers=data.workers, seed=repeat)
+        loaders = build_loaders(datasets, recipe.batch_size, workers=workers, seed=repeat)
         model = build_model(arch, datasets.num_classes).to(memory_format=memory_format)
         pure.append(pure_step_seconds(model, recipe, batches, datasets.num_classes))
         first.append(harness_epoch(arch, recipe, datasets, loaders, step, repeat, scale.channels_last))
@@ -88,7 +89,7 @@ def main(step: str, roadmap_name: str, preset: str, repeats: int) -> None:
     pure_s = statistics.median(pure)
     click.echo(f"{step} at preset {preset}: {datasets.description}, batch {recipe.batch_size}, fp32, "
                f"{'channels_last' if scale.channels_last else 'contiguous'}, cpu ({torch.get_num_threads()} "
-               f"threads), {data.workers} loader worker(s); {repeats} repeats of (pure, first, later), each one "
+               f"threads), {workers} loader worker(s); {repeats} repeats of (pure, first, later), each one "
                "epoch; medians, spread = (max - min) / median")
     click.echo(f"pure model steps (forward + backward + {recipe.optimizer}, batches in memory): "
                f"{pure_s:.2f} s/epoch (spread {_spread(pure):.0f} %)")

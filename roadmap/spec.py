@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import hashlib
 import json
 import math
 import re
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any
 
 from .errors import SpecError
 
 __all__ = ["SpecError", "ArchSpec", "RecipeSpec", "DataSpec", "whole_number", "positive_number", "choice",
-           "spec_hash", "to_dict", "replace_checked"]
+           "spec_hash", "to_dict", "replace_checked", "did_you_mean"]
 
 # Where a run trains, and at which precision ("bf16": forward passes under torch.autocast in bfloat16).
 DEVICES = ("cpu", "cuda")
@@ -46,10 +48,24 @@ def positive_number(name: str, value: object) -> float:
 
 
 def choice(name: str, value: Any, choices: tuple) -> Any:
-    """`value` if it is one of `choices`; else a one-line SpecError naming `name` and the choices."""
+    """`value` if it is one of `choices`; else a one-line SpecError naming `name`, the closest choice and all."""
     if value not in choices:
-        raise SpecError(f"{name}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+        raise SpecError(f"{name}={value!r} is not valid;{did_you_mean(value, choices)} choose one of: "
+                        f"{', '.join(map(str, choices))}")
     return value
+
+
+def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
+    """" did you mean 'bn_to_ln'?" for the choice closest to a mistyped `value`; "" when none is close.
+
+    Close: difflib's similarity at least 0.8 (one wrong letter in a long name), or one name beginning the other
+    ("smok", "mixup"); "fp16" gets no "bf16", nor "tpu" a "cpu": those are other names, not typos.
+    """
+    text = str(value)
+    for name in difflib.get_close_matches(text, [str(option) for option in choices], n=3, cutoff=0.6):
+        if difflib.SequenceMatcher(None, text, name).ratio() >= 0.8 or name.startswith(text) or text.startswith(name):
+            return f" did you mean {name!r}?"
+    return ""
 
 
 def _is_number(value: object) -> bool:
@@ -321,7 +337,7 @@ MIN_IMAGE_SIZE = 32
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where the images come from and at what resolution."""
+    """Which images a run sees and at what resolution (how they are loaded is a run setting: never here)."""
 
     # "synthetic" (built in), "imagefolder:PATH", "cifar10:PATH" or "cifar100:PATH".
     source: str = "synthetic"
@@ -332,13 +348,10 @@ class DataSpec:
     train_size: int = 5000
     val_size: int = 1000
     generation_seed: int = 0
-    # Let torchvision download CIFAR into PATH when it is missing (needs a network).
-    download: bool = False
-    # Data-loader worker processes per training process.
-    workers: int = 2
-
-    # How the images are loaded, not which: never part of a configuration hash (roadmap.variants).
-    RUN_FIELDS: ClassVar[tuple[str, ...]] = ("download", "workers")
+    # Imagefolder data read from the image cache (--data-cache DIR), its training images stored resized (aspect
+    # kept) to this short side (pixels) before RandomResizedCrop: other pixels than the files' own, hence part of
+    # what a run is. 0: decoded from the files at every epoch. See roadmap.data.cache.
+    cache_short_side: int = 0
 
     def __post_init__(self) -> None:
         choice("data kind", self.kind, DATA_KINDS)
@@ -350,7 +363,12 @@ class DataSpec:
             whole_number(name, getattr(self, name), 1)
         if self.kind == "synthetic" and self.num_classes < 2:
             raise SpecError(f"num_classes={self.num_classes} is not valid; synthetic data needs >= 2 classes")
-        whole_number("workers", self.workers, 0)
+        whole_number("cache_short_side", self.cache_short_side, 0)
+        if self.cache_short_side and self.kind != "imagefolder":
+            raise SpecError(f"an image cache (--data-cache) is for imagefolder data, not data={self.source!r}")
+        if 0 < self.cache_short_side < self.image_size:
+            raise SpecError(f"cache_short_side={self.cache_short_side} is smaller than image_size={self.image_size}; "
+                            f"choose 0 (no cache) or >= {self.image_size}")
 
     @property
     def kind(self) -> str:
@@ -375,7 +393,8 @@ def replace_checked(spec: Any, overrides: dict[str, Any], where: str) -> Any:
         if key in RENAMED_FLAGS and key not in valid:
             raise SpecError(f"{where}: flag {key!r} was replaced; {RENAMED_FLAGS[key]}")
         if key not in valid:
-            raise SpecError(f"{where}: unknown flag {key!r}; valid flags: {', '.join(sorted(valid))}")
+            raise SpecError(f"{where}: unknown flag {key!r};{did_you_mean(key, valid)} valid flags: "
+                            f"{', '.join(sorted(valid))}")
     return dataclasses.replace(spec, **overrides)
 
 

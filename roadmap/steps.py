@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .recipes import get_recipe
-from .spec import ArchSpec, RecipeSpec, SpecError, number_in, replace_checked
+from .spec import ArchSpec, RecipeSpec, SpecError, did_you_mean, number_in, replace_checked
 
 
 def builtin_steps_dir() -> Path:
@@ -81,7 +81,8 @@ class Roadmap:
         for step in self.steps:
             if step.name == name:
                 return step
-        raise RoadmapError(f"unknown step {name!r} in roadmap {self.name!r}; valid steps: {', '.join(self.names())}")
+        raise RoadmapError(f"unknown step {name!r} in roadmap {self.name!r};{did_you_mean(name, self.names())} "
+                           f"valid steps: {', '.join(self.names())}")
 
     @property
     def paper_source(self) -> str:
@@ -105,7 +106,7 @@ def load_roadmap(name: str, steps_dir: Path | str | None = None) -> Roadmap:
     available = list_roadmaps(root)
     if name not in available:
         valid = ", ".join(available) or f"(none found in {root})"
-        raise RoadmapError(f"unknown roadmap {name!r}; valid roadmaps: {valid}")
+        raise RoadmapError(f"unknown roadmap {name!r};{did_you_mean(name, available)} valid roadmaps: {valid}")
     folder = root / name
     meta = _read_toml(folder / ROADMAP_FILE) if (folder / ROADMAP_FILE).exists() else {}
     _check_meta(meta, folder / ROADMAP_FILE)
@@ -137,7 +138,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
 def _reject_unknown(table: dict[str, Any], valid: set[str], path: Path, prefix: str = "") -> None:
     for key in table:
         if key not in valid:
-            raise RoadmapError(f"{path}: unknown key {prefix + key!r}; valid keys: {', '.join(sorted(valid))}")
+            raise RoadmapError(f"{path}: unknown key {prefix + key!r};{did_you_mean(key, valid)} valid keys: "
+                               f"{', '.join(sorted(valid))}")
 
 
 @contextmanager

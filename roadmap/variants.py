@@ -32,8 +32,21 @@ class Ablation(StrEnum):
 
 
 @dataclass(frozen=True)
+class PaperStep:
+    """One step of a roadmap as the report draws it beside a study: its place in the paper's chain and numbers."""
+
+    name: str
+    order: int
+    group: str
+    adopted: bool
+    parent: str | None
+    paper: dict[str, Any]  # the step file's paper table: top1, top1_std, gflops, note ...
+
+
+@dataclass(frozen=True)
 class RoadmapInfo:
-    """What the report says about the roadmap a plan comes from (its title, its paper table, its reference)."""
+    """What the report says about the roadmap a plan comes from (its title, its paper table, its reference, and
+    every step with the paper's numbers), so that no report reads step files again."""
 
     name: str
     title: str
@@ -43,10 +56,17 @@ class RoadmapInfo:
     paper_table: str = ""
     # The reference model drawn as a line in the chart: name, top1 (%), gflops (GMACs).
     reference: dict[str, Any] = field(default_factory=dict)
+    # Every step of the roadmap, in order: the paper's chain the figures draw beyond a study's --upto.
+    steps: tuple[PaperStep, ...] = ()
 
     @classmethod
     def of(cls, roadmap: Roadmap) -> RoadmapInfo:
-        return cls(roadmap.name, roadmap.title, roadmap.dataset, roadmap.paper_table, dict(roadmap.reference))
+        steps = tuple(PaperStep(step.name, step.order, step.group, step.adopted, step.parent, dict(step.paper))
+                      for step in roadmap.steps)
+        return cls(roadmap.name, roadmap.title, roadmap.dataset, roadmap.paper_table, dict(roadmap.reference), steps)
+
+    def names(self) -> list[str]:
+        return [step.name for step in self.steps]
 
     @property
     def paper_source(self) -> str:
@@ -137,8 +157,8 @@ def configuration_hash(config: dict[str, Any]) -> str:
 
 
 def data_content(data: DataSpec) -> dict[str, Any]:
-    """The DataSpec fields that decide which images a run sees (not how they are loaded)."""
-    return {key: value for key, value in to_dict(data).items() if key not in DataSpec.RUN_FIELDS}
+    """The DataSpec: which images a run sees (how they are loaded is in the run settings)."""
+    return to_dict(data)
 
 
 @dataclass(frozen=True)
@@ -180,7 +200,8 @@ class StudyPlan:
         try:
             raw = json.loads(text)
             variants = tuple(_variant(item) for item in raw["variants"])
-            return cls(roadmap=RoadmapInfo(**raw["roadmap"]), ablation=Ablation(raw["ablation"]), variants=variants,
+            info = raw["roadmap"] | {"steps": tuple(PaperStep(**step) for step in raw["roadmap"].get("steps", ()))}
+            return cls(roadmap=RoadmapInfo(**info), ablation=Ablation(raw["ablation"]), variants=variants,
                        seeds=tuple(raw["seeds"]), preset=raw["preset"], report=raw.get("report", "last"),
                        upto=raw.get("upto", ""))
         except (ValueError, KeyError, TypeError, SpecError) as error:

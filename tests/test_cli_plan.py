@@ -56,7 +56,9 @@ def test_second_roadmap_plan_computes_every_step(cli):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--upto", "kernel_13", "--dry-run"], "unknown step 'kernel_13' in roadmap 'resnet50_to_convnext_t'; valid"),
+        (["--upto", "kernel_13", "--dry-run"], "unknown step 'kernel_13' in roadmap 'resnet50_to_convnext_t'; did you "
+                                                "mean 'kernel_11'? valid"),
+        (["--upto", "bn_to_lnn", "--dry-run"], "did you mean 'bn_to_ln'? valid steps: resnet50,"),
         (["--roadmap", "vgg_to_vit", "--dry-run"], "unknown roadmap 'vgg_to_vit'; valid roadmaps"),
         (["--seeds", "0,x", "--dry-run"], "--seeds='0,x' is not valid"),
         (["--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),

@@ -24,7 +24,7 @@ from roadmap.data import (
 from roadmap.recipes import CLASSIC, MODERN
 from roadmap.spec import DataSpec, SpecError
 
-SMALL = DataSpec(image_size=32, train_size=96, val_size=33, workers=0)
+SMALL = DataSpec(image_size=32, train_size=96, val_size=33)
 
 
 # ------------------------------------------------------------------------------------------- synthetic
@@ -317,7 +317,7 @@ def test_cifar_problems_are_named(tmp_path):
     (folder / "test_batch").unlink()
     with pytest.raises(DataError, match="test_batch is missing; pass --download"):
         validate_data(spec)
-    validate_data(DataSpec(source=f"cifar10:{tmp_path}", download=True))  # the download comes later
+    validate_data(DataSpec(source=f"cifar10:{tmp_path}"), download=True)  # the download comes later
 
 
 # ---------------------------------------------------------------------------------------------- loaders

@@ -387,3 +387,16 @@ def test_gpu_check_runs_every_part_in_its_cpu_mode_and_writes_one_file(tmp_path)
     assert "] resnet50 seed 0: top-1" in text and "ratio cache/jpeg" in text
     assert text.count("ratio ours / reference") == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figures.txt"]  # nothing else left behind
+
+
+def test_evaluation_can_run_at_twice_the_training_micro_batch():
+    """The unit asks for eval batches of 2 x the micro-batch on CUDA (timm's validate runs larger batches)."""
+    from roadmap.data import build_datasets, build_loaders
+    from roadmap.spec import DataSpec
+
+    datasets = build_datasets(DataSpec(image_size=32, train_size=64, val_size=40), CLASSIC)
+    train, val = build_loaders(datasets, 8, workers=0, seed=0, eval_batch_size=16)
+    assert train.batch_size == 8 and val.batch_size == 16
+    assert [len(labels) for _, labels in val] == [16, 16, 8]
+    _, default = build_loaders(datasets, 8, workers=0, seed=0)
+    assert default.batch_size == 8

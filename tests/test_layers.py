@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "roadmap"
 # The bottom: what a study is made of. They import nothing but each other and the standard library, numpy.
-BOTTOM = {"roadmap.errors", "roadmap.schema", "roadmap.spec", "roadmap.steps", "roadmap.recipes",
+BOTTOM = {"roadmap.errors", "roadmap.schema", "roadmap.spec", "roadmap.steps", "roadmap.recipes", "roadmap.holder",
           "roadmap.predictions", "roadmap.interop", "roadmap.variants"}
 LAYERS = ("models", "data", "training", "tracking", "report", "study", "cli")
 HEAVY = {"torch", "torchvision", "timm", "mlflow", "matplotlib", "pandas", "scipy", "submitit", "safetensors"}

@@ -18,6 +18,7 @@ from roadmap.report import plot, plot_data
 from roadmap.report.results import SUMMARY_COLUMNS
 from roadmap.report.tables import write_results
 from roadmap.steps import load_roadmap
+from roadmap.variants import RoadmapInfo
 
 REPO = Path(__file__).resolve().parent.parent
 ROADMAP = load_roadmap("resnet50_to_convnext_t")
@@ -85,7 +86,7 @@ def bar_containers(ax) -> list[BarContainer]:
 
 @pytest.fixture(scope="module")
 def paper_summary():
-    return plot_data.paper_summary(ROADMAP)
+    return plot_data.paper_summary(RoadmapInfo.of(ROADMAP))
 
 
 # ------------------------------------------------------------------------------------- roadmap chart
@@ -122,7 +123,7 @@ def test_paper_chart_draws_table_10(paper_summary):
 
 def test_paper_chart_of_another_roadmap_names_its_table():
     roadmap_b = load_roadmap("resnet200_to_convnext_b")
-    summary = plot_data.paper_summary(roadmap_b)
+    summary = plot_data.paper_summary(RoadmapInfo.of(roadmap_b))
     data = plot_data.roadmap_chart_data(summary, roadmap_b)
     assert data.label.paper_source == "paper (Table 11)" and data.reference.name == "Swin-B"
     assert [row.top1 for row in data.rows] == [step.paper["top1"] for step in roadmap_b.steps]
@@ -169,7 +170,7 @@ def test_drawn_chart_bars_match_the_data():
     assert [bar.get_x() + bar.get_width() for bar in paper_bars] == pytest.approx([t for t, _, _ in TABLE_10.values()])
     assert [label.get_text() for label in ours.get_yticklabels()][:3] == ["resnet50", "modern recipe", "stage ratio"]
     assert [text.get_text() for text in group_axis.texts] == GROUPS
-    assert "missing" in [text.get_text() for text in ours.texts]
+    assert "not run yet" in [text.get_text() for text in ours.texts]
     assert [line.get_xdata()[0] for line in paper.lines if line.get_linestyle() == "--"] == [81.3]
 
 
@@ -178,7 +179,8 @@ def test_chart_with_one_seed_missing_and_failed_steps_on_imagenet():
                            data=IMAGENET, imagenet_scale=True)
     data = plot_data.roadmap_chart_data(summary, ROADMAP)
     by_step = {row.step: row for row in data.rows}
-    assert [by_step[name].empty_text for name in ("kernel_9", "gelu", "bn_to_ln")] == ["missing", "missing", "failed"]
+    assert [by_step[name].empty_text for name in ("kernel_9", "gelu", "bn_to_ln")] == [
+        "not run yet", "not run yet", "failed"]
     assert {row.step for row in data.rows if not row.drawn} == {"kernel_9", "gelu", "bn_to_ln"}
     assert by_step["stage_ratio"].top1 == pytest.approx(79.16) and math.isnan(by_step["stage_ratio"].top1_std)
     # Same data set, accuracies close to the paper's: one axis, the paper as a marker on each row.
@@ -188,8 +190,8 @@ def test_chart_with_one_seed_missing_and_failed_steps_on_imagenet():
     assert data.label.seeds == (1,) and "1 seed per step" in data.label.caption
     fig = plot.draw_roadmap_chart(data)
     ours = fig.axes[1]
-    assert sorted(text.get_text() for text in ours.texts if text.get_text() in ("missing", "failed")) == [
-        "failed", "missing", "missing"]
+    assert sorted(text.get_text() for text in ours.texts if text.get_text() in ("not run yet", "failed")) == [
+        "failed", "not run yet", "not run yet"]
     markers = [line for line in ours.lines if line.get_marker() == "D"]
     assert [line.get_xdata()[0] for line in markers] == [t for t, _, _ in TABLE_10.values()]
     assert not [c for c in bar_containers(ours) if c.errorbar is not None]  # one seed: no std
@@ -387,16 +389,22 @@ def test_the_caption_follows_the_recorded_data_kind_not_the_description():
 # ------------------------------------------------------------------------------------------ significance
 
 
-def test_significant_deltas_are_marked_on_the_chart_and_named_in_the_legend():
+def test_significant_deltas_are_marked_by_their_kind_of_evidence_and_the_caption_says_which():
     summary = make_summary(seeds=3, significant=("stage_ratio", "gelu"))
+    # gelu's interval comes from one seed's validation images (McNemar): evaluation noise only.
+    summary.loc[summary["step"] == "gelu", "delta_test"] = "mcnemar"
     data = plot_data.roadmap_chart_data(summary, ROADMAP)
     marked = {row.step for row in data.rows if row.delta_significant}
     assert marked == {"stage_ratio", "gelu"}
-    assert all(("Δ+1.00▲" in row.annotation) == (row.step in marked) for row in data.rows)
-    legend = [text.get_text() for text in plot.draw_roadmap_chart(data).legends[0].get_texts()]
-    assert "▲/▼ Δ to the parent whose 95 % interval excludes 0 (Welch's t-test over seeds)" in legend
+    by_step = {row.step: row for row in data.rows}
+    assert by_step["stage_ratio"].annotation.endswith("Δ+1.00▲") and by_step["gelu"].annotation.endswith("Δ+1.00△")
+    assert not any("Δ" in row.annotation for row in data.rows if row.step not in marked)
+    caption = plot.draw_roadmap_chart(data).legends[0].get_title().get_text().replace("\n", " ")
+    assert "▲/▼ Δ to the parent: 95 % interval over seeds excludes 0 (Welch's" in caption
+    assert "△/▽ Δ to the parent: one seed: 95 % interval over its validation images excludes 0" in caption
+    assert "evaluation noise only" in caption
     unmarked = plot.draw_roadmap_chart(plot_data.roadmap_chart_data(make_summary(seeds=3), ROADMAP))
-    assert not [text for text in unmarked.legends[0].get_texts() if "interval" in text.get_text()]
+    assert "excludes 0" not in unmarked.legends[0].get_title().get_text()
 
 
 def test_accuracy_vs_gmacs_draws_each_steps_interval_as_an_error_bar():

@@ -21,8 +21,8 @@ def test_demo_scales_the_modern_recipe():
     arch, recipe, data = apply_preset(get_preset("demo"), ARCH, MODERN, SYNTHETIC)
     demo = get_preset("demo")
     assert arch.width_multiplier == demo.width_multiplier and arch.depths == ARCH.depths
-    assert (data.image_size, data.train_size, data.val_size, data.num_classes, data.workers) == (
-        demo.image_size, demo.train_size, demo.val_size, demo.num_classes, demo.workers)
+    assert (data.image_size, data.train_size, data.val_size, data.num_classes) == (
+        demo.image_size, demo.train_size, demo.val_size, demo.num_classes)
     assert recipe.epochs == demo.epochs and recipe.batch_size == demo.batch_size
     # Warm-up stays 20/300 of training.
     assert recipe.warmup_epochs == pytest.approx(20 / 300 * demo.epochs)
@@ -81,7 +81,8 @@ def test_recipe_overrides_apply_to_their_recipe_only():
 
 def test_an_unknown_recipe_override_is_named():
     preset = dataclasses.replace(get_preset("proxy"), recipe_overrides={"modern": {"mixup": 0.0}})
-    with pytest.raises(SpecError, match=r"preset 'proxy' recipe_overrides\['modern'\]: unknown flag 'mixup'; valid"):
+    with pytest.raises(SpecError, match=r"preset 'proxy' recipe_overrides\['modern'\]: unknown flag 'mixup'; did you "
+                                        r"mean 'mixup_alpha'\? valid"):
         apply_preset(preset, ARCH, MODERN, SYNTHETIC)
 
 
@@ -132,7 +133,7 @@ def test_a_smoke_step_trains_end_to_end(step_name, tmp_path):
     arch, recipe, data = apply_preset(get_preset("smoke"), step.arch, step.recipe, SYNTHETIC)
     seed_everything(0)
     model = build_model(arch, data.num_classes)
-    loaders = build_loaders(build_datasets(data, recipe), recipe.batch_size, workers=data.workers, seed=0)
+    loaders = build_loaders(build_datasets(data, recipe), recipe.batch_size, workers=0, seed=0)
     result = train_and_evaluate(model, recipe, *loaders, num_classes=data.num_classes,
                                 options=TrainOptions(checkpoint_dir=tmp_path))
     assert result.status == "finished" and result.epochs_completed == 1

@@ -32,7 +32,7 @@ def per_seed_top1(workdir) -> dict[str, dict[int, float]]:
 
 def test_every_delta_is_welchs_over_the_seeds_in_mlflow(three_seeds):
     workdir, _ = three_seeds
-    table = pd.read_csv(workdir / "results" / "resnet50_to_convnext_t" / "roadmap.csv").set_index("step")
+    table = pd.read_csv(workdir / "results" / "resnet50_to_convnext_t" / "roadmap.csv").set_index("variant")
     top1 = per_seed_top1(workdir)
     assert all(len(seeds) == 3 for seeds in top1.values())
     for step in load_roadmap("resnet50_to_convnext_t").upto(UPTO)[1:]:
@@ -59,3 +59,34 @@ def test_the_table_and_the_study_say_which_test_and_how_the_trend_agrees(three_s
     line = next(line for line in result.stdout.splitlines() if line.startswith("agreement with the paper"))
     assert line.startswith(f"agreement with the paper (Table 10): Spearman rank correlation {rho:.2f}")
     assert line in markdown
+
+
+def test_with_unequal_seeds_delta_its_interval_and_p_all_come_from_one_seed_pair():
+    """2 seeds against 1: Welch is impossible, so Δ is the common seed's pair, as its interval and p are (before,
+    Δ was the difference of the means of {0, 1} and {0}, and could fall outside its own interval)."""
+    import numpy as np
+
+    from roadmap.predictions import Predictions
+    from roadmap.report.significance import compare
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 400)
+
+    def predictions(accuracy: float, seed: int) -> Predictions:
+        right = np.random.default_rng(seed).random(400) < accuracy
+        top_k = np.where(right, labels, (labels + 1) % 10)[:, None].repeat(5, 1)
+        return Predictions(index=np.arange(400), label=labels, top_k=top_k)
+
+    runs = {"a0": predictions(0.50, 1), "a1": predictions(0.90, 2), "b0": predictions(0.55, 3)}
+    step = pd.DataFrame({"run_id": ["a0", "a1"], "seed": [0, 1], "status": "finished",
+                         "top1": [runs["a0"].top1(), runs["a1"].top1()]})
+    parent = pd.DataFrame({"run_id": ["b0"], "seed": [0], "status": "finished", "top1": [runs["b0"].top1()]})
+    delta = compare(step, parent, "top1", runs.get)
+    assert delta.test == "mcnemar" and delta.basis == "seed 0 pair, 400 images"
+    assert delta.delta == pytest.approx(runs["a0"].top1() - runs["b0"].top1(), abs=1e-9)
+    assert delta.ci_low <= delta.delta <= delta.ci_high
+    means = step["top1"].mean() - parent["top1"].mean()
+    assert not delta.ci_low <= means <= delta.ci_high  # the old Δ lay outside the interval it was reported with
+    without_predictions = compare(step, parent, "top1", None)
+    assert without_predictions.delta == pytest.approx(means) and without_predictions.test == ""
+    assert without_predictions.basis == "means over seeds 0,1 vs 0, no interval"

@@ -197,3 +197,20 @@ def test_a_two_task_job_trains_one_step_with_ddp_over_gloo(tmp_path, cli):
     _, runs = _step_runs(tmp_path, "resnet50_to_convnext_t")
     (step,) = [run for run in runs if run.data.tags["run_kind"] == "step"]
     assert step.info.status == "FINISHED" and step.data.tags["device"] == "cpu x2"
+
+
+def test_a_leave_one_out_study_through_slurm(tmp_path, cli):
+    """The final model at stage_ratio and the model without each of its two steps, as one job array."""
+    args = ["--ablation", "leave-one-out", "--upto", "stage_ratio", "--preset", "smoke", *SLURM]
+    result = cli(*args, cwd=tmp_path, env=FAST_POLL)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "submitted 3 job(s) as SLURM array" in result.stdout
+    client, runs = _step_runs(tmp_path, "resnet50_to_convnext_t")
+    (parent,) = [run for run in runs if run.data.tags["run_kind"] == "study"]
+    assert parent.data.tags["ablation"] == "leave-one-out"
+    steps = sorted(run.data.tags["step"] for run in runs if run.data.tags["run_kind"] == "step")
+    assert steps == ["stage_ratio", "without_modern_recipe", "without_stage_ratio"]
+    folder = tmp_path / "results" / "resnet50_to_convnext_t" / "leave-one-out"
+    table = (folder / "roadmap.csv").read_text()
+    assert table.count(",finished,") == 3 and (folder / "leave_one_out.png").exists()
+    assert "plan.json" in {item.path for item in client.list_artifacts(parent.info.run_id)}

@@ -119,13 +119,16 @@ def test_rerunning_the_same_command_creates_no_new_step_runs(smoke_study, cli):
     assert steps_after == steps_before
 
 
-def test_plot_draws_every_figure_from_the_study(smoke_study, cli):
+def test_plot_draws_the_studys_own_figures_from_its_runs(smoke_study, cli):
+    """One drawing path: plot_roadmap.py redraws, from the same runs, exactly what the study drew at its end."""
     workdir, _ = smoke_study
     out = workdir / "figures"
     result = cli("plot_roadmap.py", "--tracking-uri", f"sqlite:///{workdir}/mlflow.db", "--out", str(out), cwd=workdir)
     assert result.returncode == 0, result.stderr
+    study_folder = workdir / "results" / "resnet50_to_convnext_t"
     for stem in ("roadmap", "accuracy_vs_gmacs", "accuracy_vs_throughput"):
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / f"{stem}.png").read_bytes() == (study_folder / f"{stem}.png").read_bytes(), stem
 
 
 def test_a_tracking_server_that_stays_down_is_waited_for_then_exit_1_before_training(tmp_path, cli):
@@ -161,11 +164,28 @@ def test_the_last_lines_say_where_the_study_is(smoke_study):
     workdir, result = smoke_study
     client, runs = _runs(workdir)
     experiment_id = client.get_experiment_by_name("resnet50_to_convnext_t").experiment_id
-    last = result.stdout.strip().splitlines()[-3:]
-    assert last[0].startswith("agreement with the paper (Table 10): ")
-    assert last[1].startswith("results: results/resnet50_to_convnext_t/roadmap.csv and ") and "roadmap.png" in last[1]
-    assert f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning" in last[2]
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in last[2]
+    lines = result.stdout.strip().splitlines()
+    starts = {prefix: next(i for i, line in enumerate(lines) if line.startswith(prefix))
+              for prefix in ("agreement with the paper (Table 10): ", "full table: ", "figures in ", "in MLflow")}
+    assert list(starts.values()) == sorted(starts.values())  # in this order, at the end
+    assert lines[starts["full table: "]] == ("full table: results/resnet50_to_convnext_t/roadmap.md (and roadmap.csv "
+                                             "beside it)")
+    figures = " ".join(lines[starts["figures in "]:starts["in MLflow"]]).replace("   ", " ")
+    assert figures == ("figures in results/resnet50_to_convnext_t/ (.png, .svg): roadmap, accuracy_vs_gmacs, "
+                       "accuracy_vs_throughput")
+    last = lines[starts["in MLflow"]:]
+    assert last[0] == "in MLflow (start the UI with: mlflow ui --backend-store-uri sqlite:///mlflow.db):"
+    assert last[1].endswith(f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+                            "&viewStateShareKey=roadmap-step-runs")
+    parent = next(r for r in runs if r.data.tags.get("run_kind") == "study" and r.info.run_id in last[2])
+    assert last[2].endswith(f"/#/experiments/{experiment_id}/runs/{parent.info.run_id}?workflowType=machine_learning")
+    # Everything above the links fits an ordinary terminal (the links cannot).
+    table = next(i for i, line in enumerate(lines) if line.startswith(" #  variant"))
+    assert max(len(line) for line in lines[table - 3:starts["in MLflow"] + 1]) <= 100
+    # The parent run links each variant's runs, in the model-training view.
+    links = parent.data.tags["mlflow.note.content"]
+    step = next(r for r in runs if r.data.tags.get("run_kind") == "step" and r.data.tags.get("step") == "kernel_7")
+    assert f"[seed 0](#/experiments/{experiment_id}/runs/{step.info.run_id}?workflowType=machine_learning)" in links
     description = client.get_experiment(experiment_id).tags["mlflow.note.content"]
     assert "Compare" in description and "weights.safetensors" in description
 

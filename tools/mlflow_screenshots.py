@@ -1,28 +1,28 @@
-"""Screenshot a roadmap study as the MLflow 3.x web UI shows it.
+"""Screenshot a roadmap study as the MLflow 3.x web UI shows it, opened from the links the study prints.
 
-Starts ``mlflow server`` on a free loopback port for a sqlite tracking store, opens it in
-headless Chromium (via Playwright) and writes four PNGs to --out:
+Starts ``mlflow server`` on a free loopback port for a sqlite tracking store, opens it in headless Chromium
+(via Playwright) in a fresh browser profile, and writes to --out:
 
-  mlflow_runs.png              runs table, parent run expanded, Dataset column visible
-  mlflow_parent_artifacts.png  the study (parent) run's Artifacts tab with the chart PNG selected
-  mlflow_step_run.png          a step (child) run's Overview, showing its datasets
+  mlflow_runs.png              the runs view the study's last lines link to: the saved view "step runs" (every
+                               step run flat, with step, seed, top1, delta_top1 and its interval as columns)
+  mlflow_runs_nested.png       what to click where a saved view cannot help: the plain runs view with the study's
+                               parent run expanded (its ⊞ button, outlined in red) into its step runs
+  mlflow_parent_artifacts.png  the study (parent) run's Artifacts tab with the roadmap chart selected
+  mlflow_step_run.png          a step run's page (its link from the parent's description): metrics, datasets, tags
   mlflow_step_artifacts.png    that step run's Artifacts tab with the weights file selected
 
-The parent run is the newest run tagged run_kind=study, the step run the first child
-(mlflow.parentRunId) tagged run_kind=step. The server is started in its own process group;
-its pid is written to OUT/mlflow_server.pid and that group is stopped at the end, on error too.
+Every page is opened from a URL as the project prints or stores it (roadmap.tracking.ui_links), with nothing
+set in the browser beforehand except dismissing MLflow's first-visit pop-ups: the screenshots show what those
+links open. The parent run is the newest run tagged run_kind=study that has child runs tagged run_kind=step (a
+rerun that skipped every run has none), the step run its first child. The server runs in its own process
+group; its pid and log go to a temporary folder (printed on error) and that group is stopped at the end, on
+error too.
 
-MLflow 3.x opens experiments in its GenAI overview; the experiment tag mlflow.experimentKind
-does not change that in 3.17.2. The UI's own switch is the sidebar "GenAI | Model training"
-toggle, i.e. the URL query ?workflowType=machine_learning or localStorage key
-mlflow.workflowType_v1; this script sets both.
-
-Needs: Debian chromium (apt-get install -y chromium fonts-dejavu-core) and
-``pip install playwright`` (do NOT run ``playwright install``; the Debian binary is used).
+Needs: Debian's chromium (apt-get install -y chromium fonts-dejavu-core) and the docs extra
+(pip install -e ".[docs]": Playwright; do NOT run ``playwright install``, the Debian binary is used).
 
 Usage:
-  python tools/mlflow_screenshots.py --tracking-uri sqlite:///runs/mlflow.db \\
-      --experiment convnext-roadmap --out /tmp/shots
+  python tools/mlflow_screenshots.py --tracking-uri sqlite:///mlflow.db --experiment resnet50_to_convnext_t --out docs
 """
 import argparse
 import os
@@ -30,17 +30,21 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 from mlflow import MlflowClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's own link builders
+from roadmap.tracking.ui_links import run_path, runs_view_path  # noqa: E402
+
 CHROME_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Seeded before the app loads: model-training workflow, no assistant panel, no onboarding popover.
+# Seeded before the app loads: only MLflow's first-visit pop-ups (assistant panel, onboarding) are dismissed; the
+# workflow type (GenAI or model training) is left to the URL, as a reader's browser would.
 INIT_JS = """try {
-  localStorage.setItem('mlflow.workflowType_v1', '"machine_learning"');
   localStorage.setItem('mlflow.assistant.panelOpen_v1', 'false');
   localStorage.setItem('mlflow.assistant.fab.autoOpenedOnFirstLoad_v1', 'true');
   localStorage.setItem('mlflow.detectIssues.guidanceShown_v1', 'true');
@@ -49,11 +53,10 @@ INIT_JS = """try {
 BUSY_JS = """() => [...document.querySelectorAll(
   '[class*="skeleton" i], [class*="spin-spinning"], [class*="spinner" i], [aria-busy="true"], .anticon-loading')]
   .some(e => e.offsetParent !== null)"""
-
-
 # True once the artifact preview <img> for the named file has loaded.
 IMG_JS = """(name) => [...document.images].some(i => i.complete && i.naturalWidth > 0 &&
   (decodeURIComponent(i.src).includes(name) || i.src.startsWith('blob:')))"""
+HIGHLIGHT = "3px solid #d0021b"
 
 
 def parse_args():
@@ -118,13 +121,13 @@ def find_runs(uri, name):
         raise SystemExit(f"no experiment named {name!r} in {uri}")
     eid = exp.experiment_id
     studies = c.search_runs([eid], "tags.run_kind = 'study'", order_by=["attributes.start_time DESC"])
-    if not studies:
-        raise SystemExit(f"experiment {name!r} has no run tagged run_kind=study")
-    parent = studies[0]
-    steps = c.search_runs([eid], f"tags.run_kind = 'step' and tags.mlflow.parentRunId = '{parent.info.run_id}'",
-                          order_by=["attributes.start_time ASC"])
-    if not steps:
-        raise SystemExit("the study run has no child run tagged run_kind=step")
+    for parent in studies:  # the newest study that trained runs (a rerun that skipped them all has none)
+        steps = c.search_runs([eid], f"tags.run_kind = 'step' and tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                              order_by=["attributes.start_time ASC"])
+        if steps:
+            break
+    else:
+        raise SystemExit(f"experiment {name!r} has no run tagged run_kind=study with a child tagged run_kind=step")
     step = steps[0]
     p_files = [f.path for f in c.list_artifacts(parent.info.run_id) if not f.is_dir]
     s_files = [f.path for f in c.list_artifacts(step.info.run_id) if not f.is_dir]
@@ -160,43 +163,45 @@ def main():
     eid, parent, step, chart, weights, datasets = find_runs(a.tracking_uri, a.experiment)
     pid, sid = parent.info.run_id, step.info.run_id
     port = a.port or free_port()
-    proc = start_server(a.tracking_uri, port, a.out, a.timeout)
-    base, q = f"http://127.0.0.1:{port}/#/experiments/{eid}", "?workflowType=machine_learning"
+    logs = Path(tempfile.mkdtemp(prefix="mlflow-screenshots-"))  # the server's log and pid: not among the PNGs
+    proc = start_server(a.tracking_uri, port, logs, a.timeout)
+    base = f"http://127.0.0.1:{port}/"
     ms = int(a.timeout * 1000)
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=a.chromium, args=CHROME_ARGS)
-            ctx = browser.new_context(viewport={"width": a.width, "height": a.height})
-            ctx.add_init_script(INIT_JS)
+
+            def context():  # a fresh profile per page: nothing remembered from another page
+                ctx = browser.new_context(viewport={"width": a.width, "height": a.height})
+                ctx.add_init_script(INIT_JS)
+                return ctx
+
+            shoot(context(), base + runs_view_path(eid), a.out / "mlflow_runs.png",
+                  [step.info.run_name, "delta_top1"], ms)
 
             def expand_parent(page):
-                row = page.locator("[role=row]", has_text=parent.info.run_name).first
-                row.locator("button").filter(has=page.locator("svg")).first.click()
+                row = page.locator(f"[role=row][row-id='{pid}']").first  # not by name: reruns share it
+                button = row.locator("button").filter(has=page.locator("svg")).first
+                button.click()
                 page.get_by_text(step.info.run_name, exact=True).first.wait_for(state="visible", timeout=ms)
-                if datasets:
-                    page.get_by_text(datasets[0]).first.wait_for(state="visible", timeout=ms)
-                grip = page.locator('.ag-header-cell[col-id*="Dataset"] .ag-header-cell-resize').first
-                if grip.count():  # widen the Dataset column so its context tags are not cut off
-                    box = grip.bounding_box()
-                    page.mouse.move(box["x"] + 2, box["y"] + box["height"] / 2)
-                    page.mouse.down()
-                    page.mouse.move(box["x"] + 260, box["y"] + box["height"] / 2, steps=10)
-                    page.mouse.up()
+                button.evaluate(f"b => b.style.outline = '{HIGHLIGHT}'")
+                page.get_by_role("button", name="Views").evaluate(f"b => b.style.outline = '{HIGHLIGHT}'")
 
-            shoot(ctx, f"{base}/runs{q}", a.out / "mlflow_runs.png", [parent.info.run_name, "Dataset"], ms,
+            plain = base + runs_view_path(eid).split("&viewStateShareKey=")[0]
+            shoot(context(), plain, a.out / "mlflow_runs_nested.png", [parent.info.run_name], ms,
                   before=expand_parent)
             if chart:
-                shoot(ctx, f"{base}/runs/{pid}/artifacts/{chart}{q}", a.out / "mlflow_parent_artifacts.png",
-                      ["Artifacts"], ms,
+                shoot(context(), base + run_path(eid, pid).replace("?", f"/artifacts/{chart}?"),
+                      a.out / "mlflow_parent_artifacts.png", ["Artifacts"], ms,
                       before=lambda p: p.wait_for_function(IMG_JS, arg=Path(chart).name, timeout=ms))
             else:
                 print("parent run has no PNG artifact; skipping mlflow_parent_artifacts.png")
             wait_ds = (lambda p: p.get_by_text(datasets[0]).first.wait_for(timeout=ms)) if datasets else None
-            shoot(ctx, f"{base}/runs/{sid}{q}", a.out / "mlflow_step_run.png", [step.info.run_name, "Datasets"], ms,
-                  before=wait_ds)
+            shoot(context(), base + run_path(eid, sid), a.out / "mlflow_step_run.png",
+                  [step.info.run_name, "Datasets"], ms, before=wait_ds)
             if weights:
-                shoot(ctx, f"{base}/runs/{sid}/artifacts/{weights}{q}", a.out / "mlflow_step_artifacts.png",
-                      ["Artifacts", Path(weights).name], ms)
+                shoot(context(), base + run_path(eid, sid).replace("?", f"/artifacts/{weights}?"),
+                      a.out / "mlflow_step_artifacts.png", ["Artifacts", Path(weights).name], ms)
             browser.close()
     finally:
         stop_server(proc)

@@ -1,6 +1,7 @@
 """`run_ablation.py` (installed as `run-ablation`): plan, train, evaluate and track an ablation study of a roadmap."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,11 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
               help="Data set: synthetic (built in, generated), imagefolder:PATH (PATH/train/<class>/*, "
               "PATH/val/<class>/*), cifar10:PATH or cifar100:PATH (torchvision's copy under PATH).")
 @click.option("--download", is_flag=True, help="Let torchvision download CIFAR into PATH (needs a network).")
+@click.option("--data-cache", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="imagefolder data: read every image from a cache in DIR, built once (decoded, resized to a short "
+              "side of 1.2x the resolution, aspect kept) by the first run that needs it, and shared by every later "
+              "study and job. The resize before RandomResizedCrop gives other pixels than the files', so a cached "
+              "study is its own configuration (README, 'A data set prepared once').")
 @click.option("--preset", default=None, help="Training scale: smoke (tests, seconds per step), demo (default on "
               "synthetic data: the 16 steps up to bn_to_ln in 4 to 7 minutes on 2 CPU cores), proxy (one GPU, "
               "lower resolution), paper (ImageNet-1k protocol; default on real data).")
@@ -46,8 +52,10 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
 @click.option("--width-mult", type=float, help="Override the uniform width multiplier of every network.")
 @click.option("--lr", type=float, help="Override the peak learning rate (after batch scaling).")
 @click.option("--workers", type=int,
-              help="Data-loader worker processes per training process (default: the preset's). With 0 the training "
-              "process augments images itself and keeps them for later steps with the same data and recipe.")
+              help="Data-loader worker processes per training process. Default: the preset's (smoke, demo: 0; proxy, "
+              "paper: sized in each training process from the cores it may use, its CPU affinity and "
+              "SLURM_CPUS_PER_TASK, minus one for itself). With 0 the training process augments images itself and "
+              "keeps them for later steps with the same data and recipe.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; each step trains once per seed.")
 @click.option("--report", type=click.Choice(["last", "best"]), default="last", show_default=True,
               help="Which top-1 the results table, the Δs and the figures use: the last epoch's, or the best "
@@ -71,8 +79,8 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
 @click.option("--gpus-per-node", type=int, default=1, show_default=True,
               help="local/slurm: GPUs per node of a job, one training process each (on a CPU-only machine: "
               "processes per node).")
-@click.option("--cpus-per-task", type=int, help="local/slurm: CPU cores per training process (default: the "
-              "preset's loader workers + 1).")
+@click.option("--cpus-per-task", type=int, help="local/slurm: CPU cores per training process (default: --workers + "
+              "1; with workers sized automatically, slurm asks for 10 and local shares the machine's cores).")
 @click.option("--mem-gb", type=int, help="slurm: memory per node, GiB (default: the cluster's).")
 @click.option("--timeout-min", type=int, default=24 * 60, show_default=True,
               help="local/slurm: wall-time limit of one job attempt, minutes; a job reaching it is requeued and "
@@ -99,9 +107,25 @@ DEFAULT_ROADMAP = "resnet50_to_convnext_t"
               help="Where results/<experiment>/ (roadmap.csv, roadmap.md and the figures) is written after the study.")
 @click.option("--benchmark", is_flag=True, help="Measure each step's training and evaluation throughput (img/s) "
               "and peak memory instead of training; recorded in MLflow and the results table.")
-@click.option("--bench-batch-size", type=int, default=32, show_default=True, help="Batch size of --benchmark.")
-@click.option("--bench-repeats", type=int, default=5, show_default=True,
-              help="Timed repeats of --benchmark (the median is reported, the spread is the noise).")
+@click.option("--bench-batch-size", type=int, help="Images per timed batch of --benchmark. Default: 256 on CUDA "
+              "(timm's benchmark protocol: 10 warm-up and 5 x 8 timed iterations), 32 on the CPU.")
+@click.option("--bench-repeats", type=int, help="Timed repeats of --benchmark (the median is reported, the spread is "
+              "the noise). Default: 5.")
+@click.option("--peak-tflops", type=float, help="--benchmark: the GPU's dense peak (TFLOP/s at the study's "
+              "precision) for MFU, when the built-in table of A100, H100, H200, L40S, RTX 4090/3090 lacks it.")
+@click.option("--plan-measure", is_flag=True, help="Time each variant here for a few seconds (the benchmark code at "
+              "the study's micro-batch, resolution and precision) for the plan's GPU-hours (CPU-hours); without it "
+              "the img/s comes from --benchmark or finished runs of the same configuration and device in the store.")
+@click.option("--plan-device", metavar="GPU", help="The target GPU's name as torch.cuda.get_device_name() gives it "
+              "(e.g. 'NVIDIA A100-SXM4-80GB'), to find its figures in the store when planning elsewhere.")
+@click.option("--pilot-study", metavar="RUN_ID", help="A study of this experiment (its parent run id) whose "
+              "seed-to-seed std stands for a variant's noise when its own configuration has < 2 finished seeds.")
+@click.option("--noise-prior", type=float, metavar="POINTS", help="Seed-to-seed std of top-1 (points) assumed "
+              "where neither the store nor a pilot has one (default: the paper's top1_std of the step).")
+@click.option("--expected-top1", type=float, metavar="PCT", help="Expected top-1 (%) where no run says it: where "
+              "the validation set's binomial sampling error, the floor under the noise, is taken (default 50 %).")
+@click.option("--budget-gpu-hours", type=float, metavar="H", help="Refuse (exit 2, before anything is submitted) a "
+              "plan whose runs still to train cost more than H GPU-hours (CPU-hours on a CPU), or an unknown cost.")
 @click.option("--steps-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Folder holding the roadmaps (default: the roadmaps this project ships).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
@@ -138,22 +162,22 @@ def main(**options: Any) -> int:
     study = build_study(roadmap, options)
     from ..study.checks import check_launch, validate_study
     from ..study.driver import visible_gpus
+    from ..study.estimate import settings_from_options
 
+    estimates = settings_from_options(options, sys.argv[1:])
     validate_study(study)
     check_launch(study, visible_gpus(study))
     if options["dry_run"]:
-        from ..study.plan_table import format_plan_json, format_plan_table, variant_rows
+        from ..study.plan_table import dry_run
 
-        rows = variant_rows(study.plan)
-        click.echo(format_plan_json(study.plan, rows) if options["as_json"] else format_plan_table(study.plan, rows))
-        return 0
+        return dry_run(study, estimates, options["as_json"])
     if options["benchmark"]:
         from ..study.benchmark import run_benchmark
 
         return run_benchmark(study)
     from ..study.driver import run_study
 
-    return run_study(study)
+    return run_study(study, estimates)
 
 
 def _list_steps(roadmap, options: dict[str, Any]) -> int:
@@ -182,6 +206,8 @@ def build_study(roadmap, options: dict[str, Any]):
 
     seeds = parse_int_list(options["seeds"], "--seeds")
     data = DataSpec(source=options["data"])
+    if data.path:  # jobs may start in another folder, and the path is part of what a run is: made absolute
+        data = DataSpec(source=f"{data.kind}:{Path(data.path).expanduser().resolve()}")
     preset = get_preset(options["preset"] or ("demo" if data.kind == "synthetic" else "paper"))
     device = options["device"]
     if device == "auto":
@@ -197,6 +223,7 @@ def build_study(roadmap, options: dict[str, Any]):
         channels_last=preset.channels_last if options["channels_last"] is None else options["channels_last"],
         compile=options["compile_model"], sync_batchnorm=options["sync_bn"], progress=not options["no_progress"],
         workers=preset.workers if options["workers"] is None else options["workers"], download=options["download"],
+        data_cache=options["data_cache"],
     )
     # bf16 autocast is for GPUs: on a CPU without bf16 units it runs ~15x slower than fp32.
     precision = options["precision"] or (preset.precision if device == "cuda" else "fp32")
@@ -204,7 +231,7 @@ def build_study(roadmap, options: dict[str, Any]):
     request = StudyRequest(
         roadmap=roadmap, preset=preset, data=data, seeds=tuple(seeds), ablation=Ablation(options["ablation"]),
         upto=options["upto"], precision=precision, report=choice("--report", options["report"], ("last", "best")),
-        processes=processes,
+        processes=processes, cached=options["data_cache"] is not None,
         overrides=ScaleOverrides(
             epochs=options["epochs"], batch_size=options["batch_size"], image_size=options["image_size"],
             width_multiplier=options["width_mult"], lr=options["lr"], micro_batch=options["micro_batch"],
@@ -212,7 +239,7 @@ def build_study(roadmap, options: dict[str, Any]):
     )
     return Study(
         plan=plan_study(request), run=run, launch=launch,
-        bench=BenchSettings(options["bench_batch_size"], options["bench_repeats"]),
+        bench=BenchSettings(options["bench_batch_size"], options["bench_repeats"], options["peak_tflops"]),
         tracking_uri=options["tracking_uri"], experiment=options["experiment"] or roadmap.name,
         tracking_patience_s=60 * positive_number("--tracking-patience-min", options["tracking_patience_min"]),
         force=options["force"], checkpoint_dir=options["checkpoint_dir"], results_dir=options["results_dir"],

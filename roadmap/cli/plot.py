@@ -60,14 +60,15 @@ def main(tracking_uri: str | None, experiment: str | None, roadmap_name: str | N
     if paper and csv_path is not None:
         raise click.UsageError("--paper and --csv exclude each other; pass one of them")
     if csv_path is not None:
-        from ..report.results import read_summary_csv
+        from ..report.report_summary import read_report_csv
 
-        summary = read_summary_csv(csv_path)
+        summary = read_report_csv(csv_path)
         info = RoadmapInfo.of(load_roadmap(roadmap_name or _csv_roadmap(summary) or DEFAULT_ROADMAP, steps_dir))
         out = out_dir or csv_path.parent
     elif paper:
         roadmap = load_roadmap(roadmap_name or DEFAULT_ROADMAP, steps_dir)
-        summary, info = plot_data.paper_summary(roadmap), RoadmapInfo.of(roadmap)
+        info = RoadmapInfo.of(roadmap)
+        summary = plot_data.paper_summary(info)
         out = out_dir or Path("results") / "paper" / roadmap.name
     else:
         experiment = experiment or roadmap_name or DEFAULT_ROADMAP
@@ -107,7 +108,7 @@ def _tracked_summary(tracking_uri: str | None, experiment: str, study_run: str |
     # MLflow is imported only on this path: --csv and --paper never pay for it.
     import dataclasses
 
-    from ..report.results import study_summary
+    from ..report.report_summary import report_summary
     from ..report.studies import find_study
     from ..tracking import DEFAULT_TRACKING_URI, experiment_exists
 
@@ -118,7 +119,7 @@ def _tracked_summary(tracking_uri: str | None, experiment: str, study_run: str |
         )
     study = find_study(tracking_uri, experiment, study_run)
     plan = dataclasses.replace(study.plan, report=report) if report else study.plan
-    return study_summary(tracking_uri, experiment, plan), plan.roadmap, study
+    return report_summary(tracking_uri, experiment, plan), plan.roadmap, study  # as the study's end drew it
 
 
 if __name__ == "__main__":

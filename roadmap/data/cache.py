@@ -42,6 +42,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as F
 from tqdm import tqdm
 
+from ..holder import write_holder
 from .checks import DataError
 from .workers import usable_cores
 
@@ -168,12 +169,7 @@ def _build_lock(folder: Path) -> Iterator[None]:
             holder = path.read_text().strip() or "another process"
             print(f"waiting for {holder} to finish the image cache {folder}", file=sys.stderr, flush=True)
             fcntl.flock(handle, fcntl.LOCK_EX)
-        handle.seek(0)
-        handle.truncate()
-        job = os.environ.get("SLURM_JOB_ID")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}{f', SLURM job {job}' if job else ''}, "
-                     f"since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
+        write_holder(handle)
         try:
             yield
         finally:

@@ -43,8 +43,8 @@ CIFAR_SOURCES = {
 def validate_data(spec: DataSpec, *, cache_dir: str | Path | None = None, download: bool | None = None) -> None:
     """Every check that can fail before training starts; raises a one-line DataError.
 
-    `cache_dir` is the image cache's folder (a run setting); `download` (default: the DataSpec's) lets
-    torchvision fetch a missing CIFAR.
+    `cache_dir` is the image cache's folder and `download` lets torchvision fetch a missing CIFAR (both run
+    settings, not part of the DataSpec).
     """
     check_cache(spec, cache_dir)
     if spec.kind == "synthetic":
@@ -55,27 +55,11 @@ def validate_data(spec: DataSpec, *, cache_dir: str | Path | None = None, downlo
         check_cifar(spec, unpickle=True, download=download)
 
 
-def wants_download(spec: DataSpec, download: bool | None) -> bool:
-    """`download` if given, else the DataSpec's field while it has one."""
-    return bool(getattr(spec, "download", False)) if download is None else download
-
-
-def cache_short_side(spec: DataSpec) -> int:
-    """The short side (pixels) at which the train images are cached; 0: no cache (DataSpec.cache_short_side)."""
-    return int(getattr(spec, "cache_short_side", 0))
-
-
 def check_cache(spec: DataSpec, cache_dir: str | Path | None) -> None:
-    """The image cache is for imagefolder data, needs a folder, and keeps at least the training resolution."""
-    short_side = cache_short_side(spec)
+    """A cached DataSpec (DataSpec.cache_short_side > 0, checked there) needs a folder it can write."""
+    short_side = spec.cache_short_side
     if not short_side:
         return
-    if spec.kind != "imagefolder":
-        raise DataError(f"cache_short_side={short_side} is for imagefolder data, not data={spec.source!r}; "
-                        "set it to 0")
-    if short_side < spec.image_size:
-        raise DataError(f"cache_short_side={short_side} is smaller than image_size={spec.image_size}; "
-                        f"choose 0 (no cache) or >= {spec.image_size}")
     if cache_dir is None:
         raise DataError(f"cache_short_side={short_side} needs a folder for the image cache: pass --data-cache DIR")
     folder = Path(cache_dir)
@@ -151,7 +135,7 @@ def check_cifar(spec: DataSpec, unpickle: bool, download: bool | None = None) ->
     names = [name for name, _ in torchvision_class.train_list + torchvision_class.test_list]
     missing = [name for name in [*names, torchvision_class.meta["filename"]] if not (folder / name).is_file()]
     if missing:
-        if wants_download(spec, download):
+        if download:
             return  # torchvision fetches it in build_datasets
         raise DataError(f"{title} not found: {folder / missing[0]} is missing; pass --download to fetch it")
     if not unpickle:

@@ -27,13 +27,11 @@ from .checks import (
     CIFAR_SOURCES,
     SPLIT_FOLDERS,
     DataError,
-    cache_short_side,
     check_cache,
     check_cifar,
     check_imagefolder,
     check_synthetic,
     cifar_root,
-    wants_download,
 )
 from .seeding import saved_generators, seed_generators
 
@@ -224,17 +222,17 @@ def build_datasets(spec: DataSpec, recipe: RecipeSpec, *, cache_dir: str | Path 
     With `spec.cache_short_side` > 0 (imagefolder data), both splits are read from the image cache in
     `cache_dir`, built there first if no run has built it (`roadmap.data.cache`): the train split stored
     at that short side, the val split at the eval transform's resize, so evaluation sees the same pixels.
-    `download` (default: the DataSpec's) lets torchvision fetch CIFAR.
+    `download` (a run setting, --download) lets torchvision fetch CIFAR.
     """
-    download = wants_download(spec, download)
+    download = bool(download)
     check_cache(spec, cache_dir)
     train, val, class_names, source = _split_pair(spec, download)
     train_transform, eval_transform = build_transforms(recipe, spec.image_size)
     description = f"{source} ({len(class_names)} classes, {len(train)}/{len(val)} images, {spec.image_size} px)"
     records = tuple(_record(spec, split, images, len(class_names))
                     for split, images in zip(SPLIT_FOLDERS, (train, val)))
-    if cache_short_side(spec):
-        root, short_side = Path(spec.path), cache_short_side(spec)
+    if spec.cache_short_side:
+        root, short_side = Path(spec.path), spec.cache_short_side
         train = open_store(Path(cache_dir), root, "train", train.samples, class_names,
                            StoredSize(short_side, "bicubic", enlarge=False))
         val = open_store(Path(cache_dir), root, "val", val.samples, class_names, _eval_resize(eval_transform))
@@ -273,7 +271,7 @@ def _record(spec: DataSpec, split: str, images: Dataset, num_classes: int) -> Da
                              image_shape=shape, generator=generator)
     if spec.kind == "imagefolder":
         root = Path(spec.path).resolve()
-        listing = "\n".join(f"{Path(path).relative_to(root)}:{label}" for path, label in images.samples)
+        listing = "\n".join(f"{Path(path).resolve().relative_to(root)}:{label}" for path, label in images.samples)
         return DatasetRecord(name=f"{root.name}-{split}", digest=hashlib.sha256(listing.encode()).hexdigest()[:16],
                              context=context, source_kind="local", source=str(root / split),
                              num_images=len(images), num_classes=num_classes, image_shape=shape)

@@ -73,9 +73,11 @@ class DeviceBatches(PrefetchLoader):
 
 
 def build_loaders(datasets: Datasets, batch_size: int, *, workers: int, seed: int, rank: int = 0,
-                  world_size: int = 1, device: torch.device | str = "cpu") -> tuple[DeviceBatches, DeviceBatches]:
-    """(train, val) loaders for one process of `world_size`; `batch_size` is per process. They give
-    normalized float32 batches on `device`, train batches with the recipe's random erasing.
+                  world_size: int = 1, device: torch.device | str = "cpu",
+                  eval_batch_size: int | None = None) -> tuple[DeviceBatches, DeviceBatches]:
+    """(train, val) loaders for one process of `world_size`; `batch_size` is per process (the val loader's too,
+    unless `eval_batch_size` is given). They give normalized float32 batches on `device`, train batches with the
+    recipe's random erasing.
 
     Call `train_loader.sampler.set_epoch(epoch)` before each epoch: the train order and augmentations
     are then a pure function of (seed, epoch), so a resumed run sees exactly what an uninterrupted one saw.
@@ -94,7 +96,8 @@ def build_loaders(datasets: Datasets, batch_size: int, *, workers: int, seed: in
     # Its own generator, so that starting an epoch does not draw from torch's global one.
     train = DataLoader(datasets.train, batch_size=batch_size, sampler=train_sampler, drop_last=True,
                        generator=torch.Generator().manual_seed(seed), **common)
-    val = DataLoader(datasets.val, batch_size=batch_size, sampler=ShardSampler(len(datasets.val), rank, world_size),
+    val = DataLoader(datasets.val, batch_size=eval_batch_size or batch_size,
+                     sampler=ShardSampler(len(datasets.val), rank, world_size),
                      shuffle=False, drop_last=False, generator=torch.Generator().manual_seed(seed), **common)
     erasing = datasets.random_erasing
     return DeviceBatches(train, device=device, random_erasing=erasing), DeviceBatches(val, device=device)

@@ -2,11 +2,43 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
-MAC_CONVENTION = "GFLOPs = G multiply-accumulates, conv + linear"
-# Marks of a Δ whose interval excludes zero.
+MAC_CONVENTION = "GMACs = G multiply-accumulates of conv + linear layers (the paper's \"GFLOPs\" count the same)"
+# Marks of a Δ whose 95 % interval excludes zero: filled when the interval is over seeds (Welch), hollow when it is
+# over one seed's validation images (McNemar / paired bootstrap: evaluation noise only).
 SIGNIFICANT_UP, SIGNIFICANT_DOWN = "▲", "▼"
+EVALUATION_UP, EVALUATION_DOWN = "△", "▽"
+SIGNIFICANCE_MARKS = {"welch": (SIGNIFICANT_UP, SIGNIFICANT_DOWN), "mcnemar": (EVALUATION_UP, EVALUATION_DOWN)}
+# What each kind of mark means, for legends and the terminal.
+SIGNIFICANCE_MEANINGS = {
+    "welch": "95 % interval over seeds excludes 0 (Welch's t-test: seed-to-seed noise)",
+    "mcnemar": "one seed: 95 % interval over its validation images excludes 0 (McNemar / paired bootstrap: "
+               "evaluation noise only, seed-to-seed noise unmeasured)",
+}
+# Why a roadmap chart's slot is empty, by the row's status.
+EMPTY_TEXTS = {"failed": "failed", "missing": "not run yet", "paper": "not in this study"}
+
+
+def significance_mark(test: str, delta: float) -> str:
+    """▲/▼ (over seeds) or △/▽ (one seed's images) by the sign of `delta`; "" for an unknown test."""
+    up, down = SIGNIFICANCE_MARKS.get(test, ("", ""))
+    return up if delta > 0 else down
+
+
+def describe_data(description: str, data_kind: str = "") -> str:
+    """A run's data description as the figures and the terminal print it: what each count counts.
+
+    Runs record "synthetic (10 classes, 2304/2500 images, 32 px)"; this gives "synthetic: 10 classes, 2,304 train /
+    2,500 val images, 32 px". Descriptions of any version are read back, hence the rewriting here.
+    """
+    def counts(match: re.Match) -> str:
+        return f"{int(match[1]):,} train / {int(match[2]):,} val images"
+
+    text = re.sub(r"(\d+)/(\d+) images", counts, description.strip())
+    source, bracket, rest = text.partition(" (")
+    return f"{source}: {rest[:-1]}" if bracket and rest.endswith(")") else text
 
 
 @dataclass(frozen=True)
@@ -43,16 +75,26 @@ class StudyLabel:
         return f"{counts} seed{plural} per step" + (" (mean ± std)" if max(self.seeds) > 1 else "")
 
     @property
-    def caption(self) -> str:
-        if self.from_paper:
-            return f"Numbers: {self.paper_source}, {self.paper_dataset} · {self.seed_text} · {MAC_CONVENTION}"
+    def data_text(self) -> str:
+        """"SYNTHETIC data (10 classes, 2,304 train / 2,500 val images, 32 px): ..." or "data: imagefolder ..."."""
         if self.synthetic:
-            detail = "" if self.dataset.strip().lower() == "synthetic" else f" ({self.dataset})"
-            dataset = f"SYNTHETIC data{detail}: random images, accuracies not comparable with {self.paper_dataset}"
-        else:
-            dataset = f"data: {self.dataset or 'unknown'}"
-        return (f"{dataset} · preset: {self.preset or 'unknown'} · top-1 of the {self.report} epoch · "
-                f"{self.seed_text} · {MAC_CONVENTION}")
+            detail = describe_data(self.dataset).removeprefix("synthetic").lstrip(": ")
+            return (f"SYNTHETIC data{f' ({detail})' if detail else ''}: random images, accuracies not comparable "
+                    f"with {self.paper_dataset}")
+        return f"data: {describe_data(self.dataset) or 'unknown'}"
+
+    @property
+    def description(self) -> str:
+        """What the numbers are, without a counting convention (data, preset, epoch, seeds)."""
+        if self.from_paper:
+            return f"Numbers: {self.paper_source}, {self.paper_dataset} · {self.seed_text}"
+        return f"{self.data_text} · preset: {self.preset or 'unknown'} · top-1 of the {self.report} epoch · " \
+               f"{self.seed_text}"
+
+    @property
+    def caption(self) -> str:
+        """The description and the MAC convention: the caption of the figures that print GMACs."""
+        return f"{self.description} · {MAC_CONVENTION}"
 
 
 @dataclass(frozen=True)
@@ -100,12 +142,12 @@ class ChartRow:
 
     @property
     def drawn(self) -> bool:
-        """False for a slot drawn empty: the step failed or has no result."""
+        """False for a slot drawn empty: the step failed, has no result yet, or lies beyond the study (--upto)."""
         return self.status not in ("failed", "missing") and math.isfinite(self.top1)
 
     @property
     def empty_text(self) -> str:
-        return "failed" if self.status == "failed" else "missing"
+        return EMPTY_TEXTS.get(self.status, "no result")
 
     @property
     def annotation(self) -> str:
@@ -116,7 +158,7 @@ class ChartRow:
         if self.status == "partial":
             parts.append("partial")
         if self.delta_significant:
-            parts.append(f"Δ{self.delta:+.2f}{SIGNIFICANT_UP if self.delta > 0 else SIGNIFICANT_DOWN}")
+            parts.append(f"Δ{self.delta:+.2f}{significance_mark(self.delta_test, self.delta)}")
         return " · ".join(parts)
 
     def as_paper_row(self) -> ChartRow:
@@ -171,6 +213,11 @@ class Point:
     # The 95 % interval of y, drawn as an error bar (NaN: none).
     y_low: float = math.nan
     y_high: float = math.nan
+    # The range of x's repeated measurements (throughput), drawn as a horizontal bar (NaN: none).
+    x_low: float = math.nan
+    x_high: float = math.nan
+    # x has a repeat far from the others (a disturbed measurement): ringed in the figure.
+    flagged: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,6 +252,9 @@ class ThroughputPanel:
     xlabel: str
     column: str  # the summary column the x values come from
     trajectory: Trajectory
+    # Where and how it was measured ("cpu x1 · batch 64 · fp32"), and what a point and its bar are.
+    setting: str = ""
+    repeats: str = ""
 
 
 @dataclass(frozen=True)

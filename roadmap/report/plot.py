@@ -2,16 +2,18 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
 # Figures are built with matplotlib's object API, never pyplot: no GUI backend, no global figure state.
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.transforms import blended_transform_factory
 
+from .figure_data import EMPTY_TEXTS, describe_data
+from .label_layout import edge_bends, label_points
 from .plot_data import (
     AccuracyVsGmacsData,
     AccuracyVsThroughputData,
@@ -23,6 +25,7 @@ from .plot_data import (
     Trajectory,
     significance_legend,
 )
+from .repeats import FAR_FACTOR
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -32,6 +35,9 @@ PAPER_COLOR = "#e07b39"
 REFERENCE_COLOR = "#6b6b6b"
 EMPTY_COLOR = "#9a9a9a"
 BAND_COLOR = "#f2f2f2"
+FLAG_COLOR = "#c0392b"
+# Caption characters per inch of figure width at 8 pt (DejaVu Sans averages about 0.55 em a character).
+CAPTION_CHARS_PER_INCH = 16
 
 
 # ------------------------------------------------------------------------------------------- drawing
@@ -58,7 +64,7 @@ def draw_roadmap_chart(data: RoadmapChartData) -> Figure:
         main.set_xlabel(f"{data.label.paper_dataset} top-1 accuracy (%)")
         _draw_reference(main, data.reference)
     else:
-        main.set_xlabel(f"top-1 accuracy (%), this study · {data.label.dataset or 'unknown data'}")
+        main.set_xlabel(f"top-1 accuracy (%), this study · {describe_data(data.label.dataset) or 'unknown data'}")
     if data.paper_markers:
         _draw_paper_markers(main, rows)
         _draw_reference(main, data.reference)
@@ -75,10 +81,10 @@ def draw_roadmap_chart(data: RoadmapChartData) -> Figure:
 
     main.tick_params(axis="y", labelsize=9)
     fig.suptitle(data.title, fontweight="bold")
-    caption = data.label.caption
+    caption = [data.label.caption, *significance_legend(rows)]
     if any(row.paper_note for row in rows) and (data.label.from_paper or data.paper_panel):
-        caption += "\n* GFLOPs as published; the step's conv + linear MACs differ (see the note in its step file)"
-    _caption_legend(fig, caption, _roadmap_legend(data))
+        caption.append("* GFLOPs as published; the step's conv + linear MACs differ (see the note in its step file)")
+    _caption_legend(fig, "\n".join(caption), _roadmap_legend(data))
     return fig
 
 
@@ -161,11 +167,11 @@ def _roadmap_legend(data: RoadmapChartData) -> list:
         handles.append(Line2D([], [], color="#222222", marker="|", linestyle="-", label=f"± 1 std ({seeds} seeds)"))
     if data.paper_markers:
         handles.append(Line2D([], [], marker="D", color=PAPER_COLOR, linestyle="none", label=data.label.paper_source))
-    if any(not row.drawn for row in data.rows):
-        handles.append(Patch(facecolor="none", edgecolor=EMPTY_COLOR, linestyle="--", label="no result"))
-    marks = significance_legend(data.rows)
-    if marks:
-        handles.append(Line2D([], [], linestyle="none", label=marks))
+    empty = [EMPTY_TEXTS.get(row.status, "no result") for row in data.rows if not row.drawn]
+    if empty:
+        why = " or ".join(dict.fromkeys(empty))
+        label = why.replace("not in this study", "not in this study (beyond --upto)")
+        handles.append(Patch(facecolor="none", edgecolor=EMPTY_COLOR, linestyle="--", label=f"empty: {label}"))
     return handles
 
 
@@ -188,7 +194,7 @@ def draw_accuracy_vs_gmacs(data: AccuracyVsGmacsData) -> Figure:
         ax.set_ylabel("top-1 accuracy (%)")
         ax.grid(color="#e5e5e5", lw=0.6)
     if data.paper_panel:
-        study_axis.set_title(f"this study · {data.label.dataset}", fontsize=9)
+        study_axis.set_title(f"this study · {describe_data(data.label.dataset)}", fontsize=9)
         paper_axis.set_title(f"{data.label.paper_source}, {data.label.paper_dataset}", fontsize=9)
     fig.suptitle(data.title, fontweight="bold")
     caption = data.label.caption
@@ -196,25 +202,32 @@ def draw_accuracy_vs_gmacs(data: AccuracyVsGmacsData) -> Figure:
         caption += f"\n{INTERVAL_CAPTION}"
     _caption_legend(fig, caption)
     if data.paper_panel:
-        _label_points(fig, [(study_axis, [data.study]), (paper_axis, [data.paper])])
+        label_points(fig, [(study_axis, [data.study]), (paper_axis, [data.paper])])
     else:
-        _label_points(fig, [(study_axis, [t for t in (data.study, data.paper) if t is not None and t.points])])
+        label_points(fig, [(study_axis, [t for t in (data.study, data.paper) if t is not None and t.points])])
     return fig
 
 
 def draw_accuracy_vs_throughput(data: AccuracyVsThroughputData) -> Figure:
-    """Top-1 against measured throughput (the cost the paper never reported per step)."""
+    """Top-1 against measured throughput (the cost the paper never reported per step), each point the median of
+    its repeated measurements with their range; a point with a repeat far from the others is ringed."""
     n_panels = len(data.panels)
-    fig = Figure(figsize=(7.0 * n_panels, 5.5), layout="constrained")
+    fig = Figure(figsize=(7.0 * n_panels, 5.8), layout="constrained")
     axes = fig.subplots(1, n_panels, squeeze=False)
     for ax, panel in zip(axes[0], data.panels):
         _draw_trajectory(ax, panel.trajectory, STUDY_COLOR)
         ax.set_xlabel(panel.xlabel)
         ax.set_ylabel("top-1 accuracy (%)")
+        ax.set_title(f"measured on {panel.setting}" if panel.setting else "", fontsize=9)
         ax.grid(color="#e5e5e5", lw=0.6)
     fig.suptitle(data.title, fontweight="bold")
-    _caption_legend(fig, data.label.caption)
-    _label_points(fig, [(ax, [panel.trajectory]) for ax, panel in zip(axes[0], data.panels)])
+    caption = [data.label.description]
+    caption += [f"{panel.xlabel.split(' (')[0]}: {panel.repeats}" for panel in data.panels if panel.repeats]
+    if any(point.flagged for panel in data.panels for point in panel.trajectory.points):
+        caption.append(f"ringed: a repeat more than {FAR_FACTOR:g}x from the others' median — a disturbed measurement "
+                       "(another process on the device?); re-measure with run_ablation.py --benchmark")
+    _caption_legend(fig, "\n".join(caption))
+    label_points(fig, [(ax, [panel.trajectory]) for ax, panel in zip(axes[0], data.panels)])
     return fig
 
 
@@ -228,116 +241,45 @@ def _draw_trajectory(ax, trajectory: Trajectory, color: str) -> None:
         ax.errorbar([p.x for p in with_bars], [p.y for p in with_bars],
                     yerr=[[p.y - p.y_low for p in with_bars], [p.y_high - p.y for p in with_bars]],
                     fmt="none", ecolor=color, elinewidth=0.9, capsize=2.5, alpha=0.7, zorder=1)
+    with_range = [p for p in trajectory.points if math.isfinite(p.x_low) and p.x_high > p.x_low]  # NaN: False
+    if with_range:
+        ax.errorbar([p.x for p in with_range], [p.y for p in with_range],
+                    xerr=[[p.x - p.x_low for p in with_range], [p.x_high - p.x for p in with_range]],
+                    fmt="none", ecolor=color, elinewidth=0.9, capsize=2.5, alpha=0.7, zorder=1,
+                    label="range of the repeats")
+    flagged = [p for p in trajectory.points if p.flagged]
+    if flagged:
+        ax.plot([p.x for p in flagged], [p.y for p in flagged], marker="o", markersize=13, markerfacecolor="none",
+                markeredgecolor=FLAG_COLOR, markeredgewidth=1.3, linestyle="none", zorder=4,
+                label=f"a repeat > {FAR_FACTOR:g}x off the others")
     adopted = [p for p in trajectory.points if p.adopted]
     explored = [p for p in trajectory.points if not p.adopted]
     ax.plot([p.x for p in adopted], [p.y for p in adopted], marker="o", markersize=6, color=color, linestyle="none",
             label=f"{trajectory.name}: adopted")
     ax.plot([p.x for p in explored], [p.y for p in explored], marker="o", markersize=6, markerfacecolor="white",
             markeredgecolor=color, markeredgewidth=1.4, linestyle="none", label=f"{trajectory.name}: explored")
+    bends = edge_bends(trajectory)
     for edges, style in ((trajectory.adopted_path, "-"), (trajectory.branches, "--")):
         for start, end in edges:
             a, b = trajectory.point(start), trajectory.point(end)
             ax.annotate("", xy=(b.x, b.y), xytext=(a.x, a.y), arrowprops={
                 "arrowstyle": "-|>", "color": color, "lw": 1.1, "linestyle": style, "shrinkA": 4, "shrinkB": 4,
-                "mutation_scale": 10})
+                "mutation_scale": 10, "connectionstyle": f"arc3,rad={bends[(start, end)]}"})
     ax.margins(x=0.12, y=0.08)
 
 
-# Where a point's name may go, in points from the point: (dx, dy, horizontal, vertical alignment).
-LABEL_SPOTS = (
-    (6, 0, "left", "center"), (-6, 0, "right", "center"), (0, 6, "center", "bottom"), (0, -6, "center", "top"),
-    (5, 5, "left", "bottom"), (-5, 5, "right", "bottom"), (5, -5, "left", "top"), (-5, -5, "right", "top"),
-    (12, 10, "left", "bottom"), (-12, 10, "right", "bottom"), (12, -10, "left", "top"), (-12, -10, "right", "top"),
-    (22, 18, "left", "bottom"), (-22, 18, "right", "bottom"), (22, -18, "left", "top"), (-22, -18, "right", "top"),
-)
-# Names placed this far (points) from their point get a thin leader line to it.
-LEADER_DISTANCE = 10
-
-
-def _label_points(fig: Figure, panels: Sequence[tuple[object, Sequence[Trajectory]]]) -> None:
-    """Name every point, each name at the spot that overlaps the fewest names, markers and arrows so far.
-
-    `panels` pairs each axes with the trajectories drawn on it. Run after everything else is drawn: it
-    lays the figure out once to know where the points land.
-    """
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    fig.draw_without_rendering()  # settles the layout, hence the data -> pixel transform
-    pixels_per_point = fig.dpi / 72
-    for ax, trajectories in panels:
-        to_pixels = ax.transData.transform
-        radius = 6 * pixels_per_point  # a marker and a margin around it
-        obstacles: list[tuple[float, float, float, float]] = []  # (x0, y0, x1, y1) in pixels
-        markers: list[tuple[float, float, float, float]] = []
-        for trajectory in trajectories:
-            for point in trajectory.points:
-                x, y = to_pixels((point.x, point.y))
-                markers.append((x - radius, y - radius, x + radius, y + radius))
-        obstacles.extend(markers)
-        for trajectory in trajectories:
-            for start, end in trajectory.adopted_path + trajectory.branches:
-                (x0, y0), (x1, y1) = to_pixels([(trajectory.point(start).x, trajectory.point(start).y),
-                                                (trajectory.point(end).x, trajectory.point(end).y)])
-                for t in (i / 12 for i in range(1, 12)):
-                    x, y = x0 + t * (x1 - x0), y0 + t * (y1 - y0)
-                    obstacles.append((x - 1.5, y - 1.5, x + 1.5, y + 1.5))
-        frame = tuple(ax.get_window_extent(renderer).extents)
-        for trajectory in trajectories:
-            for point in trajectory.points:
-                probe = ax.annotate(point.label, (point.x, point.y), fontsize=7)
-                extent = probe.get_window_extent(renderer)
-                probe.remove()
-                anchor = to_pixels((point.x, point.y))
-                best_cost, best_spot, best_box = math.inf, LABEL_SPOTS[0], frame
-                for spot in LABEL_SPOTS:
-                    box = _label_box(anchor, spot, extent.width, extent.height, pixels_per_point)
-                    area = (box[2] - box[0]) * (box[3] - box[1])
-                    cost = sum(_overlap(box, other) for other in obstacles) + 10 * (area - _overlap(box, frame))
-                    cost += area * _leader_crossings(anchor, spot, pixels_per_point, markers)
-                    if cost < best_cost - 1e-9:
-                        best_cost, best_spot, best_box = cost, spot, box
-                dx, dy, horizontal, vertical = best_spot
-                leader = {"arrowstyle": "-", "color": "#999999", "lw": 0.5, "shrinkA": 1, "shrinkB": 3}
-                ax.annotate(point.label, (point.x, point.y), xytext=(dx, dy), textcoords="offset points",
-                            ha=horizontal, va=vertical, fontsize=7, color="#333333", zorder=5,
-                            arrowprops=leader if max(abs(dx), abs(dy)) >= LEADER_DISTANCE else None)
-                obstacles.append(best_box)
-
-
-def _leader_crossings(anchor, spot, pixels_per_point: float, markers: Sequence[tuple[float, ...]]) -> int:
-    """How many other points a leader line from `anchor` to a label at `spot` would pass over."""
-    dx, dy = spot[0] * pixels_per_point, spot[1] * pixels_per_point
-    if max(abs(spot[0]), abs(spot[1])) < LEADER_DISTANCE:
-        return 0
-    samples = [(anchor[0] + t * dx, anchor[1] + t * dy) for t in (0.4, 0.55, 0.7, 0.85, 1.0)]
-    return sum(
-        any(box[0] <= x <= box[2] and box[1] <= y <= box[3] for x, y in samples)
-        for box in markers
-        if not box[0] <= anchor[0] <= box[2] or not box[1] <= anchor[1] <= box[3]  # not the point's own marker
-    )
-
-
-def _label_box(anchor, spot, width: float, height: float, pixels_per_point: float) -> tuple[float, ...]:
-    """The pixel box of a label of the given size placed at `spot` from `anchor`."""
-    dx, dy, horizontal, vertical = spot
-    x = anchor[0] + dx * pixels_per_point - {"left": 0.0, "center": width / 2, "right": width}[horizontal]
-    y = anchor[1] + dy * pixels_per_point - {"bottom": 0.0, "center": height / 2, "top": height}[vertical]
-    return (x, y, x + width, y + height)
-
-
-def _overlap(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    """The area two (x0, y0, x1, y1) boxes share."""
-    width = min(a[2], b[2]) - max(a[0], b[0])
-    height = min(a[3], b[3]) - max(a[1], b[1])
-    return width * height if width > 0 and height > 0 else 0.0
-
-
 def _caption_legend(fig: Figure, caption: str, handles: list | None = None) -> None:
-    """One legend below the panels, titled with the caption (data set, preset, seeds, MAC convention)."""
-    if handles is None:  # every labelled marker set of every panel, once
-        lines = [line for ax in fig.axes for line in ax.get_lines() if len(line.get_xdata())]
-        handles = list({line.get_label(): line for line in lines if not line.get_label().startswith("_")}.values())
+    """One legend below the panels, titled with the caption (data set, preset, seeds, MAC convention), the
+    caption wrapped to the figure's width."""
+    if handles is None:  # every labelled marker set and error bar of every panel, once
+        artists = [line for ax in fig.axes for line in ax.get_lines() if len(line.get_xdata())]
+        artists += [container for ax in fig.axes for container in ax.containers]
+        handles = list({artist.get_label(): artist for artist in artists
+                        if not str(artist.get_label()).startswith("_")}.values())
+    width = int(fig.get_figwidth() * CAPTION_CHARS_PER_INCH)
+    wrapped = "\n".join(textwrap.fill(line, width) for line in caption.splitlines())
     legend = fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5) or 1, fontsize=8,
-                        frameon=False, title=caption, title_fontsize=8)
+                        frameon=False, title=wrapped, title_fontsize=8)
     legend.get_title().set_color("#444444")
 
 

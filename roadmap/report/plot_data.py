@@ -11,8 +11,8 @@ from ..errors import SpecError
 from ..schema import Status
 from .figure_data import (
     MAC_CONVENTION,
-    SIGNIFICANT_DOWN,
-    SIGNIFICANT_UP,
+    SIGNIFICANCE_MARKS,
+    SIGNIFICANCE_MEANINGS,
     AccuracyVsGmacsData,
     AccuracyVsThroughputData,
     ChartRow,
@@ -24,11 +24,10 @@ from .figure_data import (
     ThroughputPanel,
     Trajectory,
 )
+from .repeats import FAR_SPREAD_PCT
 from .results import SUMMARY_COLUMNS
-from .stats import CONFIDENCE_LEVEL
 
 if TYPE_CHECKING:
-    from ..steps import Roadmap
     from ..variants import RoadmapInfo
 
 # The columns of results/<experiment>/roadmap.csv that the figures read.
@@ -61,8 +60,8 @@ def check_summary(summary: pd.DataFrame, source: str = "summary") -> None:
         )
 
 
-def paper_summary(roadmap: Roadmap) -> pd.DataFrame:
-    """A cumulative summary holding only the paper's numbers (status "paper"), from the roadmap's step files."""
+def paper_summary(roadmap: RoadmapInfo) -> pd.DataFrame:
+    """A cumulative summary holding only the paper's numbers (status "paper"), of every step of the roadmap."""
     rows = []
     for step in roadmap.steps:
         row: dict[str, object] = {column: math.nan for column in SUMMARY_COLUMNS}
@@ -104,7 +103,7 @@ def roadmap_chart_data(summary: pd.DataFrame, roadmap: RoadmapInfo) -> RoadmapCh
     beside ours, each panel with its own x-scale, so that neither squashes the other. For a summary
     from paper_summary() the bars are the paper's.
     """
-    records = _records(summary, roadmap)
+    records = _records(summary, roadmap, with_rest=True)
     label = study_label(summary, roadmap)
     rows = []
     for record in records:
@@ -138,8 +137,9 @@ def roadmap_chart_data(summary: pd.DataFrame, roadmap: RoadmapInfo) -> RoadmapCh
 
 
 def accuracy_vs_gmacs_data(summary: pd.DataFrame, roadmap: RoadmapInfo) -> AccuracyVsGmacsData | None:
-    """Each variant at (GMACs, top-1): ours (from the runs) and the paper's; None when neither has a point."""
-    records = _records(summary, roadmap)
+    """Each variant at (GMACs, top-1): ours (from the runs) and the paper's, the paper's for the whole roadmap
+    (steps beyond --upto too); None when neither has a point."""
+    records = _records(summary, roadmap, with_rest=True)
     label = study_label(summary, roadmap)
     paper = _trajectory(label.paper_source, records, "paper_gflops", "paper_top1", from_runs=False)
     study = None if label.from_paper else _trajectory("this study", records, "gmacs", "top1_mean", intervals=True)
@@ -157,31 +157,91 @@ def accuracy_vs_gmacs_data(summary: pd.DataFrame, roadmap: RoadmapInfo) -> Accur
 def accuracy_vs_throughput_data(summary: pd.DataFrame, roadmap: RoadmapInfo) -> AccuracyVsThroughputData | None:
     """Top-1 vs measured throughput, one panel per kind (training, inference); None when no step has one.
 
-    A panel's x values come from the benchmark columns (bench_*) when any step has one, else from the
-    training run's own figures: one source per panel, never a mix.
+    A panel's x values come from --benchmark (bench_*) when any step has one, else from the training runs: one
+    source per panel, never a mix. Each point is the median of its repeats (--benchmark's timed repeats; a
+    training run's epochs, times its seeds; one evaluation per seed) with their range as a bar, ringed when a
+    repeat lies far from the others (roadmap.report.repeats). A table without repeats (a CSV of an earlier
+    version) gives the mean over seeds, without bars.
     """
     records = _records(summary, roadmap)
     panels = []
-    for kind, bench_column, run_column in (
-        ("training", "bench_train_img_per_s", "train_img_per_s"),
-        ("inference", "bench_eval_img_per_s", "eval_img_per_s"),
-    ):
-        for column, source in ((bench_column, "benchmark"), (run_column, "measured during training")):
-            if summary[column].notna().any():
-                trajectory = _trajectory("this study", records, column, "top1_mean")
-                if trajectory.points:
-                    xlabel = f"{kind} throughput (img/s, {source}; right is faster)"
-                    panels.append(ThroughputPanel(xlabel=xlabel, column=column, trajectory=trajectory))
-                    break
+    for kind, short in (("training", "train"), ("inference", "eval")):
+        bench, runs = f"bench_{short}_img_per_s", f"{short}_img_per_s"
+        if summary[bench].notna().any():
+            column, source = bench, "--benchmark"
+            setting = _joined(summary.get("bench_setting"))
+            repeats = "median of --benchmark's timed repeats; bar: their spread (max − min), centred on it"
+        elif f"{runs}_median" in summary and summary[f"{runs}_median"].notna().any():
+            column, source = f"{runs}_median", "during training"
+            setting = _joined(summary.get(f"{short}_setting"))
+            single = (summary[f"{runs}_repeats"].fillna(0) <= 1).all()
+            repeats = ("one measurement per variant (one seed, one evaluation): its noise is unmeasured; "
+                       "run_ablation.py --benchmark times repeats" if single else
+                       "median of every epoch of every seed; bar: slowest to fastest" if short == "train" else
+                       "median of the seeds' last evaluations; bar: slowest to fastest")
+        elif summary[runs].notna().any():
+            column, source, setting, repeats = runs, "during training", "", "mean over seeds (repeats not recorded)"
+        else:
+            continue
+        trajectory = _trajectory("this study", [_with_spread(record, column, short) for record in records],
+                                 column, "top1_mean")
+        if trajectory.points:
+            xlabel = f"{kind} throughput (img/s, {source}; right is faster)"
+            panels.append(ThroughputPanel(xlabel=xlabel, column=column, trajectory=trajectory, setting=setting,
+                                          repeats=repeats))
     if not panels:
         return None
     title = f"{roadmap.title}: top-1 accuracy vs measured throughput"
     return AccuracyVsThroughputData(title=title, label=study_label(summary, roadmap), panels=tuple(panels))
 
 
-def _records(summary: pd.DataFrame, roadmap: RoadmapInfo) -> list[dict[str, object]]:
-    """The summary's rows in plan order, after checking it is a summary of `roadmap`."""
+def _with_spread(record: dict[str, object], column: str, short: str) -> dict[str, object]:
+    """The record with the range of its x repeats (_x_low, _x_high) and whether one is far from the rest (_far)."""
+    if column.startswith("bench_"):
+        value, spread = _number(record, column), _number(record, f"bench_{short}_spread_pct")
+        half = value * spread / 200 if math.isfinite(spread) else math.nan
+        return {**record, "_x_low": value - half, "_x_high": value + half, "_far": spread > FAR_SPREAD_PCT}
+    if column.endswith("_median"):
+        return {**record, "_x_low": _number(record, f"{short}_img_per_s_low"),
+                "_x_high": _number(record, f"{short}_img_per_s_high"),
+                "_far": _number(record, f"{short}_img_per_s_far") > 0}
+    return record
+
+
+def _joined(column: pd.Series | None) -> str:
+    if column is None:
+        return ""
+    return "; ".join(sorted({str(value) for value in column.dropna() if str(value)}))
+
+
+def rest_of_roadmap(summary: pd.DataFrame, roadmap: RoadmapInfo) -> pd.DataFrame:
+    """Rows (status "paper") for the roadmap's steps after the last one a cumulative study covers: the paper's
+    numbers of the steps beyond its --upto, which the figures draw as "not in this study".
+
+    The steps come from the plan's RoadmapInfo (every step of the roadmap with the paper's numbers); the rows are
+    left out (an empty frame) for leave-one-out, for a summary of the paper itself, and when the roadmap's steps
+    do not begin with the summary's variants.
+    """
+    empty = summary.iloc[0:0]
+    ablations = {str(value) for value in summary["ablation"].dropna() if str(value)}
+    if summary.empty or (summary["status"] == Status.PAPER).all() or ablations - {"cumulative"}:
+        return empty
+    ours = [str(name) for name in summary.sort_values("order", kind="stable")["variant"]]
+    if roadmap.names()[:len(ours)] != ours:
+        return empty
+    rest = paper_summary(roadmap).iloc[len(ours):].copy()
+    rest[["dataset", "preset", "report"]] = ""  # the study's label says what the data are; these rows have none
+    return rest
+
+
+def _records(summary: pd.DataFrame, roadmap: RoadmapInfo, with_rest: bool = False) -> list[dict[str, object]]:
+    """The summary's rows in plan order, after checking it is a summary of `roadmap`; `with_rest`: followed by the
+    steps beyond the study (rest_of_roadmap)."""
     check_summary(summary)
+    if with_rest:
+        rest = rest_of_roadmap(summary, roadmap)
+        summary = pd.concat([summary, rest[list(summary.columns.intersection(rest.columns))]], ignore_index=True) \
+            if len(rest) else summary
     other_roadmaps = sorted({str(name) for name in summary["roadmap"].dropna() if str(name)} - {roadmap.name})
     if other_roadmaps:
         raise SummaryError(f"summary holds roadmap {other_roadmaps[0]!r}, not {roadmap.name!r}; "
@@ -212,7 +272,9 @@ def _trajectory(name: str, records: list[dict[str, object]], x_column: str, y_co
             low, high = (_number(record, "top1_ci_low"), _number(record, "top1_ci_high")) if intervals else (
                 math.nan, math.nan)
             points.append(Point(step=str(record["variant"]), label=str(record["label"]), x=x, y=y,
-                                adopted=bool(record["adopted"]), y_low=low, y_high=high))
+                                adopted=bool(record["adopted"]), y_low=low, y_high=high,
+                                x_low=_number(record, "_x_low"), x_high=_number(record, "_x_high"),
+                                flagged=bool(record.get("_far", False))))
     present = {point.step for point in points}
     cumulative = all(str(record.get("ablation") or "cumulative") == "cumulative" for record in records)
     adopted = [str(r["variant"]) for r in records if cumulative and r["adopted"] and r["variant"] in present]
@@ -248,15 +310,12 @@ def _delta_fields(record: dict) -> dict:
             "delta_test": str(record.get("delta_test", "") or "")}
 
 
-def significance_legend(rows: Sequence[ChartRow]) -> str:
-    """What the ▲/▼ marks mean for the tests these rows used, e.g. "▲/▼ Δ to the parent whose 95 % interval
-    excludes 0 (Welch's t-test over seeds)"; "" when no row is marked."""
-    tests = sorted({row.delta_test for row in rows if row.delta_significant})
-    if not tests:
-        return ""
-    names = "; ".join(TEST_LABELS.get(test, test) for test in tests)
-    return (f"{SIGNIFICANT_UP}/{SIGNIFICANT_DOWN} Δ to the parent whose {100 * CONFIDENCE_LEVEL:g} % interval "
-            f"excludes 0 ({names})")
+def significance_legend(rows: Sequence[ChartRow]) -> list[str]:
+    """What each kind of mark these rows carry means: "▲/▼ Δ to the parent: 95 % interval over seeds excludes 0
+    (Welch's t-test: ...)" for seed-level evidence, "△/▽ ..." for one seed's images; [] when no row is marked."""
+    tests = [test for test in SIGNIFICANCE_MARKS if any(row.delta_significant and row.delta_test == test
+                                                        for row in rows)]
+    return [f"{'/'.join(SIGNIFICANCE_MARKS[test])} Δ to the parent: {SIGNIFICANCE_MEANINGS[test]}" for test in tests]
 
 
 def _shares_paper_scale(label: StudyLabel, ours: list[tuple[float, float]], paper: list[tuple[float, float]]) -> bool:

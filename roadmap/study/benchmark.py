@@ -1,6 +1,8 @@
 """`--benchmark`: every variant's measured training and inference throughput and peak memory, in MLflow."""
 from __future__ import annotations
 
+import math
+
 import click
 
 from ..schema import Metric, Tag, study_run_name
@@ -17,12 +19,7 @@ def run_benchmark(study: Study) -> int:
     plan = study.plan
     tracker = Tracker(study.tracking_uri, study.experiment)
     variants = plan.trained()
-    data = variants[0].data
-    config = BenchmarkConfig(
-        device=study.run.device, batch_size=study.bench.batch_size, image_size=data.image_size,
-        precision=variants[0].precision, channels_last=study.run.channels_last, compile=study.run.compile,
-        repeats=study.bench.repeats, num_classes=data.num_classes if data.kind == "synthetic" else 1000,
-    )
+    config = benchmark_config(study)
     rows = []
     params = {"roadmap": plan.roadmap.name, "variants": ",".join(v.name for v in variants), "preset": plan.preset,
               "benchmark": config.describe()}
@@ -36,7 +33,12 @@ def run_benchmark(study: Study) -> int:
                        Metric.BENCH_PEAK_MEMORY_MB: row["peak_memory_mb"],
                        Metric.BENCH_TRAIN_SPREAD_PCT: row["train_spread_pct"],
                        Metric.BENCH_EVAL_SPREAD_PCT: row["eval_spread_pct"], Metric.PARAMS: row["params"],
-                       Metric.GMACS: row["gmacs"]}
+                       Metric.GMACS: row["gmacs"],
+                       Metric.BENCH_PEAK_MEMORY_ALLOCATED_MIB: row.get("peak_memory_allocated_mib"),
+                       Metric.BENCH_PEAK_MEMORY_RESERVED_MIB: row.get("peak_memory_reserved_mib"),
+                       Metric.BENCH_TRAIN_MFU_PCT: row.get("train_mfu_pct"),
+                       Metric.BENCH_EVAL_MFU_PCT: row.get("eval_mfu_pct")}
+            figures = {key: value for key, value in figures.items() if _finite(value)}
             tags = {Tag.ORDER: variant.order, Tag.ROADMAP: plan.roadmap.name, Tag.PRESET: plan.preset,
                     Tag.CONFIG_HASH: variant.config_hash, Tag.BENCHMARK: config.describe()}
             tracker.log_benchmark(variant.name, figures, params={"arch": to_dict(variant.arch),
@@ -45,3 +47,22 @@ def run_benchmark(study: Study) -> int:
     _, (csv_path, md_path) = write_study_table(study)
     click.echo(f"results: {csv_path} and {md_path}")
     return 0
+
+
+def benchmark_config(study: Study) -> BenchmarkConfig:
+    """What --benchmark runs: timm's protocol on CUDA unless batch or repeats are given, with training's numerics."""
+    variants = study.plan.trained()
+    data = variants[0].data
+    settings = dict(image_size=data.image_size, precision=variants[0].precision,
+                    channels_last=study.run.channels_last, compile=study.run.compile,
+                    num_classes=data.num_classes if data.kind == "synthetic" else 1000,
+                    peak_tflops=study.bench.peak_tflops)
+    given = {key: value for key, value in (("batch_size", study.bench.batch_size), ("repeats", study.bench.repeats))
+             if value is not None}
+    if study.run.device == "cuda":
+        return BenchmarkConfig.timm_protocol(**settings, **given)
+    return BenchmarkConfig(device="cpu", **({"batch_size": 32, "repeats": 5} | given), **settings)
+
+
+def _finite(value) -> bool:
+    return value is not None and math.isfinite(value)

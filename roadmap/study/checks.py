@@ -19,7 +19,7 @@ def validate_study(study: Study) -> None:
     """The data source, checked as a run would read it (the specs were checked when the plan was made)."""
     trained = study.plan.trained()
     if trained:
-        validate_data(trained[0].data)
+        validate_data(trained[0].data, cache_dir=study.run.data_cache, download=study.run.download)
 
 
 def check_launch(study: Study, visible_gpus: Sequence[int]) -> None:

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import fcntl
-import os
-import socket
-import time
 from pathlib import Path
+
+from ..holder import write_holder
 
 
 class Claim:
@@ -29,12 +28,7 @@ class Claim:
         except BlockingIOError:
             handle.close()
             return False
-        handle.seek(0)
-        handle.truncate()
-        job = os.environ.get("SLURM_JOB_ID")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}{f', SLURM job {job}' if job else ''}, "
-                     f"since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
-        handle.flush()
+        write_holder(handle)
         self._file = handle
         return True
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import click
 from ..schema import Metric, Status, Tag
 from ..training.result import TrainResult
 from ..variants import Ablation
+from .estimate import closing_power_line
 from .settings import Study
 from .unit import UnitOutcome
 
@@ -20,11 +22,12 @@ def results_folder(study: Study) -> Path:
     return folder if study.plan.ablation == Ablation.CUMULATIVE else folder / str(study.plan.ablation)
 
 
-def collect(study: Study, tracker, study_run_id: str, outcomes: Sequence[UnitOutcome], seconds: float) -> int:
+def collect(study: Study, tracker, study_run_id: str, outcomes: Sequence[UnitOutcome], seconds: float,
+            estimate=None) -> int:
     """After the units ran: counts, time split, results table, figures, Δs on the step runs, where to look."""
     from ..report.plot import draw_figures
     from ..report.runs_table import load_runs
-    from ..report.tables import to_markdown
+    from ..report.tables import terminal_summary
 
     statuses = [outcome.status for outcome in outcomes]
     click.echo(f"study done in {seconds:.1f} s wall time ({statuses.count(Status.FINISHED)} finished, "
@@ -34,29 +37,47 @@ def collect(study: Study, tracker, study_run_id: str, outcomes: Sequence[UnitOut
     if trained:
         click.echo(time_split(trained))
     runs = load_runs(study.tracking_uri, study.experiment)
-    summary, (csv_path, md_path) = write_study_table(study, runs)
+    summary, (csv_path, md_path) = write_study_table(study, runs, estimate)
     figures = [path for _, paths, _ in draw_figures(summary, study.plan.roadmap, results_folder(study))
                for path in paths]
     tracker.log_study_artifacts(study_run_id, [csv_path, md_path, *figures])
     if study.plan.ablation == Ablation.CUMULATIVE:
         _annotate_deltas(study, tracker, summary, runs)
-    click.echo(to_markdown(summary, study.plan.roadmap.paper_table).rstrip())  # it ends with the agreement line
-    click.echo(f"results: {csv_path} and {md_path}; figures: {', '.join(str(p) for p in figures)}")
+    _link_step_runs(study, tracker, study_run_id, runs)
+    power_line = closing_power_line(estimate, study.plan, summary)  # how many Δs it could resolve
+    click.echo(terminal_summary(summary, study.plan.roadmap.paper_table, power_line, study.plan.seeds))
+    click.echo(_fill(f"full table: {md_path} (and {csv_path.name} beside it)"))
+    if figures:
+        formats = ", ".join(dict.fromkeys(path.suffix for path in figures))
+        click.echo(_fill(f"figures in {results_folder(study)}/ ({formats}): "
+                         f"{', '.join(dict.fromkeys(path.stem for path in figures))}"))
     url = tracker.runs_view_url()
-    click.echo(f"in MLflow: {url} (parent run {study_run_id}, which holds the plan, the chart and the table as "
-               f"artifacts)" + ("" if url.startswith(tracker.tracking_uri) else
-                                f"; start the UI with: mlflow ui --backend-store-uri {tracker.tracking_uri}"))
+    started = url.startswith(tracker.tracking_uri)  # a tracking server: its UI is up
+    click.echo("in MLflow" + ("" if started else
+                              f" (start the UI with: mlflow ui --backend-store-uri {tracker.tracking_uri})") + ":")
+    click.echo(f"  the step runs, top-1 and Δ as columns: {url}")
+    click.echo(f"  the study's parent run (plan, table and figures): {tracker.run_url(study_run_id)}")
     failed = [outcome for outcome in outcomes if outcome.status in (Status.DIVERGED, Status.FAILED)]
     return 1 if failed else 0
 
 
-def write_study_table(study: Study, runs=None):
-    """The summary of this study's plan, written to its results folder: (summary, (csv path, md path))."""
-    from ..report.results import study_summary
+def _fill(line: str) -> str:
+    """A line of the study's end within the terminal summary's width (paths are never broken)."""
+    from ..report.tables import TERMINAL_WIDTH
+
+    return textwrap.fill(line, TERMINAL_WIDTH, subsequent_indent="  ", break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def write_study_table(study: Study, runs=None, estimate=None):
+    """The summary of this study's plan, written to its results folder: (summary, (csv path, md path)); with the
+    plan's estimate (roadmap.study.estimate), roadmap.md says how many Δs the study could resolve."""
+    from ..report.report_summary import report_summary
     from ..report.tables import write_results
 
-    summary = study_summary(study.tracking_uri, study.experiment, study.plan, runs=runs)
-    return summary, write_results(summary, results_folder(study), study.plan.roadmap.paper_table)
+    summary = report_summary(study.tracking_uri, study.experiment, study.plan, runs=runs)
+    return summary, write_results(summary, results_folder(study), study.plan.roadmap.paper_table,
+                                  closing_power_line(estimate, study.plan, summary))
 
 
 def _annotate_deltas(study: Study, tracker, summary, runs) -> None:
@@ -66,14 +87,35 @@ def _annotate_deltas(study: Study, tracker, summary, runs) -> None:
     mine = plan_runs(runs, study.plan)
     for row in summary.to_dict("records"):
         chosen = mine[(mine["config_hash"] == row["config_hash"]) & (mine["status"] == Status.FINISHED)]
-        metrics = {Metric.DELTA_TOP1: _finite(row["delta_top1"]), Metric.DELTA_CI_LOW: _finite(row["delta_ci_low"]),
-                   Metric.DELTA_CI_HIGH: _finite(row["delta_ci_high"]), Metric.DELTA_P: _finite(row["delta_p"])}
+        metrics = {Metric.DELTA_TOP1: _finite(row["delta_top1"], 6),
+                   Metric.DELTA_CI_LOW: _finite(row["delta_ci_low"], 6),
+                   Metric.DELTA_CI_HIGH: _finite(row["delta_ci_high"], 6), Metric.DELTA_P: _finite(row["delta_p"])}
         for run_id in chosen["run_id"]:
             tracker.annotate(run_id, metrics, {Tag.DELTA_TEST: row["delta_test"] or "none"})
 
 
-def _finite(value: float) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+def _link_step_runs(study: Study, tracker, study_run_id: str, runs) -> None:
+    """The parent run's description, with a link to each variant's runs of this plan (model-training view)."""
+    from ..report.results import plan_runs
+    from ..tracking.ui_links import run_path, runs_view_path
+    from .driver import parent_description
+
+    mine = plan_runs(runs, study.plan)
+    lines = [parent_description(study), "",
+             f"[Step runs with top-1 and Δ as columns]({runs_view_path(tracker.experiment_id)}); this study's runs:"]
+    for variant in study.plan.variants:
+        chosen = mine[mine["config_hash"] == variant.config_hash].sort_values("seed")
+        links = [f"[seed {int(seed)}]({run_path(tracker.experiment_id, run_id)})"
+                 for seed, run_id in zip(chosen["seed"], chosen["run_id"])]
+        lines.append(f"- `{variant.name}`: {', '.join(links) or variant.note or 'no run'}")
+    tracker.annotate(study_run_id, {}, {Tag.DESCRIPTION: "\n".join(lines)})
+
+
+def _finite(value: float, decimals: int | None = None) -> float | None:
+    """`value` (rounded to `decimals`: MLflow's table prints 26.8399999 for 40.84 - 14.00); None when not finite."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, decimals) if decimals is not None else value
 
 
 def time_split(results: Sequence[TrainResult]) -> str:

@@ -18,6 +18,7 @@ from ..training import distributed
 from ..variants import HASH_VERSION
 from .checks import gpus_per_job, validate_study
 from .collect import collect
+from .estimate import BudgetExceeded, EstimateSettings, PlanEstimate, budget_refusal, estimate_plan, plan_json
 from .executors.base import Executor
 from .executors.inline import InlineExecutor
 from .executors.local import LocalExecutor, LocalResources, local_slots
@@ -29,8 +30,11 @@ from .settings import Launcher, Study
 from .unit import DatasetCache, cpu_threads, plan_units, run_unit
 
 
-def run_study(study: Study) -> int:
-    """Train and evaluate every unit of the plan, tracked in MLflow; write its results folder. Exit code."""
+def run_study(study: Study, estimates: EstimateSettings | None = None) -> int:
+    """Train and evaluate every unit of the plan, tracked in MLflow; write its results folder. Exit code.
+
+    Before anything is logged or submitted, the plan's cost and power are estimated (`estimates`) and a plan over
+    --budget-gpu-hours is refused (BudgetExceeded); plan.json carries the estimate as `plan_costs`."""
     inline = study.launch.launcher == Launcher.INLINE
     if not inline:  # jobs may start in another working directory: every path they get is absolute
         from ..tracking import absolute_uri
@@ -41,13 +45,18 @@ def run_study(study: Study) -> int:
     world = distributed.init_distributed(study.run.device) if inline else distributed.WorldInfo()
     validate_study(study)
     if inline and study.run.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(cpu_threads(world.world_size, study.run.workers))
+        torch.set_num_threads(cpu_threads(world.world_size, study.run.loader_workers()))
     start = time.perf_counter()
     tracker = _open_tracker(study) if world.is_main else None
     folder = launch_folder(study.checkpoint_dir, study.experiment)
     record = None if inline else LaunchRecord.load(folder, study.launch.launcher)
-    parent = _parent_run(study, tracker, record) if tracker else None
-    parent = distributed.all_gather_objects(parent)[0]
+    estimates = estimates or EstimateSettings()
+    estimate = estimate_plan(study, estimates) if tracker else None
+    refusal = budget_refusal(estimate, estimates.budget_gpu_hours) if estimate else None
+    parent = _parent_run(study, tracker, record, estimate) if tracker and not refusal else None
+    parent, refusal = distributed.all_gather_objects((parent, refusal))[0]  # every process refuses, or none
+    if refusal:
+        raise BudgetExceeded(refusal)
     if record is not None:
         record.save(folder)
     if tracker is not None:
@@ -62,7 +71,7 @@ def run_study(study: Study) -> int:
                        "results; it submits nothing that is finished, queued or running")
             return 0
         outcomes = launch.follow(show_table=not inline)
-        code = collect(study, tracker, parent, outcomes, time.perf_counter() - start) if tracker else 0
+        code = collect(study, tracker, parent, outcomes, time.perf_counter() - start, estimate) if tracker else 0
     except BaseException as error:
         if tracker is not None:
             tracker.end_study(parent, "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
@@ -82,7 +91,8 @@ def make_executor(study: Study, folder) -> Executor:
     if launch.launcher == Launcher.INLINE:
         return InlineExecutor(functools.partial(run_unit, cache=DatasetCache()))
     if launch.launcher == Launcher.SLURM:
-        cpus = launch.cpus_per_task or study.run.workers + 1
+        # Default: the given loader workers + 1, else 10 cores per training process (9 workers sized from them).
+        cpus = launch.cpus_per_task or (study.run.workers + 1 if study.run.workers is not None else 10)
         resources = SlurmResources(
             nodes=launch.nodes, tasks_per_node=launch.gpus_per_node, gpus_per_node=gpus_per_job(study),
             cpus_per_task=cpus, timeout_min=launch.timeout_min, mem_gb=launch.mem_gb,
@@ -109,7 +119,7 @@ def _open_tracker(study: Study):
                    patience_s=study.tracking_patience_s)
 
 
-def _parent_run(study: Study, tracker, record: LaunchRecord | None) -> str:
+def _parent_run(study: Study, tracker, record: LaunchRecord | None, estimate: PlanEstimate | None = None) -> str:
     """The parent run: the recorded one of a re-attached launch, else a new one holding the plan."""
     if record is not None and record.study_run_id and tracker.reopen_study(record.study_run_id):
         return record.study_run_id
@@ -117,7 +127,7 @@ def _parent_run(study: Study, tracker, record: LaunchRecord | None) -> str:
     run_id = tracker.start_study(study_run_name(plan.roadmap.name), study_params(study),
                                  {Tag.ROADMAP: plan.roadmap.name, Tag.ABLATION: plan.ablation,
                                   Tag.HASH_VERSION: HASH_VERSION}, parent_description(study))
-    tracker.log_study_text(run_id, plan.to_json(), Artifact.PLAN)
+    tracker.log_study_text(run_id, plan_json(plan, estimate), Artifact.PLAN)
     if record is not None:
         record.study_run_id = run_id
     return run_id

@@ -31,7 +31,7 @@ class StudyJob:
             TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         if unit.run.device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # More threads than the task's cores stall every OpenMP barrier (see unit.cpu_threads).
-            torch.set_num_threads(max(1, self.cpus_per_task - unit.run.workers))
+            torch.set_num_threads(max(1, self.cpus_per_task - unit.run.loader_workers()))
         try:
             return run_unit(unit)
         finally:

@@ -71,6 +71,8 @@ class StudyRequest:
     report: str = "last"
     # Training processes of each run (torchrun's in this process, or the launcher's per job): the batch split.
     processes: int = 1
+    # Imagefolder images read from the image cache (--data-cache): stored at a short side the resolution decides.
+    cached: bool = False
 
 
 def plan_study(request: StudyRequest) -> StudyPlan:
@@ -177,6 +179,10 @@ def resolve(request: StudyRequest, arch: ArchSpec, recipe: RecipeSpec) -> tuple[
         request.preset, arch, recipe, request.data, epochs=scale.epochs, batch_size=scale.batch_size,
         image_size=scale.image_size, width_multiplier=scale.width_multiplier, lr=scale.lr,
     )
+    if request.cached:
+        from ..data import default_cache_short_side
+
+        data = dataclasses.replace(data, cache_short_side=default_cache_short_side(data.image_size))
     micro = scale.micro_batch or (recipe.bn_batch if request.preset.micro_batch == "recipe" else None)
     split = split_batch(recipe.batch_size, request.processes, micro)
     return arch, dataclasses.replace(recipe, bn_batch=split.micro_batch), data, split

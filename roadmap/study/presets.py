@@ -36,8 +36,9 @@ class Preset:
     train_size: int
     val_size: int
     num_classes: int
-    # Data-loader worker processes per training process.
-    workers: int
+    # Data-loader worker processes per training process; None: sized where the run starts, from the cores that
+    # process may use (its affinity, SLURM_CPUS_PER_TASK; roadmap.data.default_workers).
+    workers: int | None
     # Epochs of every step; None keeps each recipe's own (classic 90, modern 300).
     epochs: int | None
     # Effective batch (images per optimizer step over all processes and accumulation steps);
@@ -129,7 +130,7 @@ PRESETS: dict[str, Preset] = {
             train_size=12_800,
             val_size=2_000,
             num_classes=10,
-            workers=8,
+            workers=None,
             epochs=100,
             batch_size=1024,
             width_multiplier=1.0,
@@ -147,7 +148,7 @@ PRESETS: dict[str, Preset] = {
             train_size=12_800,
             val_size=2_000,
             num_classes=10,
-            workers=8,
+            workers=None,
             epochs=None,
             batch_size=None,
             width_multiplier=1.0,
@@ -199,7 +200,7 @@ def apply_preset(
     elif recipe.name in preset.base_lr_scale:
         changes["base_lr"] = recipe.base_lr * positive_number("base_lr_scale", preset.base_lr_scale[recipe.name])
 
-    data_changes: dict[str, object] = {"image_size": image_size, "workers": preset.workers}
+    data_changes: dict[str, object] = {"image_size": image_size}
     if data.kind == "synthetic":
         data_changes |= {"train_size": preset.train_size, "val_size": preset.val_size,
                          "num_classes": preset.num_classes}

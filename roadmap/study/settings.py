@@ -6,7 +6,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from ..errors import SpecError
-from ..spec import DEVICES, choice, whole_number
+from ..spec import DEVICES, choice, positive_number, whole_number
 from ..variants import StudyPlan
 
 
@@ -27,14 +27,26 @@ class RunSettings:
     compile: bool = False
     sync_batchnorm: bool = False
     progress: bool = True
-    # Data-loader worker processes per training process (0: the training process loads and augments).
-    workers: int = 0
+    # Data-loader worker processes per training process (0: the training process loads and augments); None:
+    # sized in the process that trains, from the cores it may use (roadmap.data.default_workers).
+    workers: int | None = 0
     # Let torchvision download CIFAR into its folder when it is missing (needs a network).
     download: bool = False
+    # The image cache's folder (--data-cache); the DataSpec's cache_short_side says the cache is used.
+    data_cache: Path | None = None
 
     def __post_init__(self) -> None:
         choice("device", self.device, DEVICES)
-        whole_number("--workers", self.workers, 0)
+        if self.workers is not None:
+            whole_number("--workers", self.workers, 0)
+
+    def loader_workers(self) -> int:
+        """Worker processes for this process's loaders: the given number, or sized from its cores."""
+        if self.workers is not None:
+            return self.workers
+        from ..data import default_workers
+
+        return default_workers()
 
 
 @dataclass(frozen=True)
@@ -75,14 +87,21 @@ class LaunchSettings:
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """`--benchmark`: images per timed batch and timed repeats (the median is reported)."""
+    """`--benchmark`: images per timed batch and timed repeats (the median is reported); None: the defaults, timm's
+    protocol on CUDA (batch 256, 10 warm-up, 5 x 8 timed iterations), batch 32 x 5 repeats on the CPU."""
 
-    batch_size: int = 32
-    repeats: int = 5
+    batch_size: int | None = None
+    repeats: int | None = None
+    # The GPU's dense peak (TFLOP/s at the study's precision) for MFU, when the built-in table lacks the GPU.
+    peak_tflops: float | None = None
 
     def __post_init__(self) -> None:
-        whole_number("--bench-batch-size", self.batch_size, 1)
-        whole_number("--bench-repeats", self.repeats, 1)
+        if self.batch_size is not None:
+            whole_number("--bench-batch-size", self.batch_size, 1)
+        if self.repeats is not None:
+            whole_number("--bench-repeats", self.repeats, 1)
+        if self.peak_tflops is not None:
+            positive_number("--peak-tflops", self.peak_tflops)
 
 
 @dataclass(frozen=True)

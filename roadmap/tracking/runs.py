@@ -19,13 +19,10 @@ from .errors import TrackingUnreachable
 from .server import DEFAULT_PATIENCE_S
 from .store import TrackingError, check_tracking_uri, ensure_experiment, first_line, is_shared_server, open_client
 from .system_metrics import SYSTEM_PREFIX, monitor_system
+from .ui_links import run_path, runs_view_path, step_runs_view
 
 # MLflow statuses of a run that did not complete: a later attempt with the same key resumes it.
 UNFINISHED_STATUSES = ("RUNNING", "SCHEDULED", "FAILED", "KILLED")
-# MLflow 3.17's UI opens an experiment on its GenAI overview. Its `mlflow.experimentKind` tag does not change
-# that (checked in a browser: the UI reads the workflow type from the URL or the browser's storage instead),
-# so we set no such tag and print the runs view's URL, which carries ?workflowType=machine_learning.
-RUNS_VIEW = "#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -99,15 +96,24 @@ class Tracker:
         self.patience_s = patience_s
         self._client = open_client(self.tracking_uri, patience_s)
         self._system_metrics = system_metrics
-        tags = {Tag.DESCRIPTION: description} if description else {}
+        # The study's own tracker (the one that describes the experiment) also saves the runs table's view of
+        # its step runs, which runs_view_url opens.
+        tags = dict([(Tag.DESCRIPTION, description), step_runs_view()]) if description else {}
         self.experiment_id = ensure_experiment(self._client, self.tracking_uri, experiment, tags)
         # The parent run that step runs opened by this tracker nest under.
         self.study_run_id: str | None = None
 
     def runs_view_url(self, server: str = "http://127.0.0.1:5000") -> str:
-        """Where the study lives in the UI: the experiment's runs table (for a tracking server, on it)."""
-        base = self.tracking_uri.rstrip("/") if is_shared_server(self.tracking_uri) else server
-        return f"{base}/{RUNS_VIEW.format(experiment_id=self.experiment_id)}"
+        """Where the study lives in the UI: the experiment's step runs, flat, with top-1 and Δ as columns, in the
+        model-training view (roadmap.tracking.ui_links); for a tracking server, on it."""
+        return f"{self._ui_base(server)}/{runs_view_path(self.experiment_id)}"
+
+    def run_url(self, run_id: str, server: str = "http://127.0.0.1:5000") -> str:
+        """A run's page in the model-training view (MLflow 3.17 opens a bare run link in its GenAI view)."""
+        return f"{self._ui_base(server)}/{run_path(self.experiment_id, run_id)}"
+
+    def _ui_base(self, server: str) -> str:
+        return self.tracking_uri.rstrip("/") if is_shared_server(self.tracking_uri) else server
 
     # ------------------------------------------------------------------------------------ parent run
 
