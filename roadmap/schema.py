@@ -100,7 +100,6 @@ class Metric(StrEnum):
     PARAMS = "params"
     GMACS = "gmacs"  # 10^9 multiply-accumulates of conv + linear layers, one image
     EVAL_IMG_PER_S = "eval_img_per_s"
-    PEAK_MEMORY_MB = "peak_memory_mb"  # MiB despite the name: the run's allocated peak on CUDA, peak RSS on the CPU
     # The run's own peaks (reset at its start), MiB: CUDA's allocated and reserved; the process's resident set.
     PEAK_MEMORY_ALLOCATED_MIB = "peak_memory_allocated_mib"
     PEAK_MEMORY_RESERVED_MIB = "peak_memory_reserved_mib"
@@ -109,7 +108,7 @@ class Metric(StrEnum):
     WALL_TIME_S = "wall_time_s"
     BENCH_TRAIN_IMG_PER_S = "bench_train_img_per_s"
     BENCH_EVAL_IMG_PER_S = "bench_eval_img_per_s"
-    BENCH_PEAK_MEMORY_MB = "bench_peak_memory_mb"
+    BENCH_PEAK_MEMORY_MIB = "bench_peak_memory_mib"
     BENCH_TRAIN_SPREAD_PCT = "bench_train_spread_pct"
     BENCH_EVAL_SPREAD_PCT = "bench_eval_spread_pct"
     BENCH_PEAK_MEMORY_ALLOCATED_MIB = "bench_peak_memory_allocated_mib"  # CUDA only
@@ -126,7 +125,7 @@ class Metric(StrEnum):
 
 EPOCH_METRICS = (Metric.TRAIN_LOSS, Metric.LR, Metric.VAL_TOP1, Metric.VAL_TOP5, Metric.TRAIN_IMG_PER_S,
                  Metric.TRAIN_S, Metric.DATA_WAIT_S, Metric.DATA_WAIT_PCT)
-BENCH_METRICS = (Metric.BENCH_TRAIN_IMG_PER_S, Metric.BENCH_EVAL_IMG_PER_S, Metric.BENCH_PEAK_MEMORY_MB)
+BENCH_METRICS = (Metric.BENCH_TRAIN_IMG_PER_S, Metric.BENCH_EVAL_IMG_PER_S, Metric.BENCH_PEAK_MEMORY_MIB)
 
 
 class Artifact(StrEnum):

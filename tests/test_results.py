@@ -38,7 +38,7 @@ TOP1 = {
 def final_metrics(step: str, seed: int, top1: float) -> dict:
     params, gmacs = COSTS[step]
     return {"top1": top1, "top5": top1 + 20 + seed / 8, "top1_best": top1 + 1, "params": params, "gmacs": gmacs,
-            "train_img_per_s": 100.0 + seed, "eval_img_per_s": 300.0 + 2 * seed, "peak_memory_mb": 500.0 + seed,
+            "train_img_per_s": 100.0 + seed, "eval_img_per_s": 300.0 + 2 * seed, "peak_process_rss_mib": 500.0 + seed,
             "wall_time_s": 10.0 + seed}
 
 
@@ -74,7 +74,7 @@ def study(tmp_path_factory):
                 pass
         with tracker.step_run("kernel_7", 2, "hash-kernel_7", params={}, tags=step_tags(step), config={}) as run:
             run.log_metrics({"bench_train_img_per_s": 55.0, "bench_eval_img_per_s": 155.0,
-                             "bench_peak_memory_mb": 700.0})
+                             "bench_peak_memory_mib": 700.0})
             run.log_final(final_metrics("kernel_7", 2, 70.0), Status.FINISHED)
         # A run of another roadmap in the same experiment is ignored by summarize.
         with tracker.step_run("gelu", 5, "x", params={}, tags=step_tags(step) | {"roadmap": "other"}, config={}) as run:

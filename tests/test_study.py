@@ -14,7 +14,7 @@ from roadmap import load_roadmap
 SMOKE_UPTO = "bn_to_ln"
 EPOCH_METRICS = {"train_loss", "lr", "val_top1", "val_top5", "train_img_per_s"}
 FINAL_METRICS = {"top1", "top5", "top1_best", "top1_best_epoch", "params", "gmacs", "train_img_per_s", "eval_img_per_s",
-                 "peak_memory_mb", "wall_time_s"}
+                 "peak_process_rss_mib", "wall_time_s"}
 STEP_TAGS = {"step", "order", "group", "adopted", "baseline", "ablation", "hash_version", "seed", "config_hash",
              "git_revision",
              "torch_version", "torchvision_version", "timm_version", "device", "roadmap", "dataset", "data_kind",

@@ -43,7 +43,7 @@ def test_a_second_study_in_the_same_experiment_reports_only_its_own_runs(workdir
         assert pd.isna(table.loc[variant, "top1_std"])
     assert table.loc["modern_recipe", "delta_basis"] == "seed 0 pair, 64 images"
     markdown = (workdir / "results" / EXPERIMENT / "roadmap.md").read_text()
-    assert "seeds in this table: 0." in markdown and "0,1,2" not in markdown
+    assert "seeds in this table: 0 (1 seed)." in markdown and "0,1,2" not in markdown
 
 
 def test_other_workers_train_nothing(workdir, cli):

@@ -181,7 +181,7 @@ def test_bad_metrics_and_status_are_rejected(tracker):
             run.log_metrics({"top1": [1, 2]})
         with pytest.raises(TrackingError, match="finished, diverged"):
             run.log_final({"top1": 1.0}, "great")
-        run.log_metrics({"bench_train_img_per_s": 55.5, "bench_peak_memory_mb": None})
+        run.log_metrics({"bench_train_img_per_s": 55.5, "bench_peak_memory_mib": None})
     metrics = client_for(tracker).get_run(run.run_id).data.metrics
     assert metrics == {"bench_train_img_per_s": 55.5}
 

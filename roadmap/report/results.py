@@ -20,7 +20,8 @@ from .stats import TrendAgreement, trend_agreement
 
 # Architecture and cost figures, averaged over every selected run that logged them (diverged runs measure
 # them as well as finished ones); accuracy is averaged over finished runs only.
-COST_COLUMNS = ("params", "gmacs", "train_img_per_s", "eval_img_per_s", "peak_memory_mb", *map(str, BENCH_METRICS))
+# peak_memory_mib: each run's own peak, MiB: CUDA's allocated memory, else the training process's resident set.
+COST_COLUMNS = ("params", "gmacs", "train_img_per_s", "eval_img_per_s", "peak_memory_mib", *map(str, BENCH_METRICS))
 # Δ of a variant against another, in points, with its 95 % interval, p-value, test ("welch" or "mcnemar") and
 # the data all four come from ("seeds 0,1,2 vs 0,1,2", "seed 0 pair, 2500 images").
 DELTA_FIELDS = ("top1", "ci_low", "ci_high", "p", "test", "basis")
@@ -46,9 +47,10 @@ class ResultsError(SpecError):
 
 def plan_runs(runs: pd.DataFrame, plan: StudyPlan) -> pd.DataFrame:
     """The runs that belong to the plan: a configuration hash in it and a seed it asked for; per (hash, seed)
-    the latest completed run, else the latest one."""
+    the latest completed run, else the latest one. Each gets its peak_memory_mib (COST_COLUMNS)."""
     mine = runs[runs["config_hash"].isin(plan.hashes()) & runs["seed"].isin(plan.seeds)]
-    return latest(mine, ["config_hash", "seed"])
+    mine = latest(mine, ["config_hash", "seed"])
+    return mine.assign(peak_memory_mib=mine["peak_memory_allocated_mib"].fillna(mine["peak_process_rss_mib"]))
 
 
 def summarize(runs: pd.DataFrame, plan: StudyPlan, *, predictions_of: PredictionsOf | None = None) -> pd.DataFrame:

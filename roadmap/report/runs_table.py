@@ -9,8 +9,9 @@ from ..schema import Metric, RunKind, Status, Tag
 
 # Logged once per step run (final figures, benchmark figures).
 FINAL_METRICS = (Metric.TOP1, Metric.TOP5, Metric.TOP1_BEST, Metric.TOP1_BEST_EPOCH, Metric.PARAMS, Metric.GMACS,
-                 Metric.TRAIN_IMG_PER_S, Metric.EVAL_IMG_PER_S, Metric.PEAK_MEMORY_MB, Metric.WALL_TIME_S,
-                 Metric.BENCH_TRAIN_IMG_PER_S, Metric.BENCH_EVAL_IMG_PER_S, Metric.BENCH_PEAK_MEMORY_MB)
+                 Metric.TRAIN_IMG_PER_S, Metric.EVAL_IMG_PER_S, Metric.PEAK_MEMORY_ALLOCATED_MIB,
+                 Metric.PEAK_PROCESS_RSS_MIB, Metric.WALL_TIME_S,
+                 Metric.BENCH_TRAIN_IMG_PER_S, Metric.BENCH_EVAL_IMG_PER_S, Metric.BENCH_PEAK_MEMORY_MIB)
 RUN_COLUMNS = ("run_id", "step", "seed", "order", "group", "adopted", "baseline", "status", "roadmap", "dataset",
                "data_kind", "preset", "config_hash", "hash_version", "ablation", "start_time", *map(str, FINAL_METRICS))
 # A run's status: its outcome tag once MLflow says FINISHED, otherwise what MLflow says.

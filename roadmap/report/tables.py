@@ -62,7 +62,7 @@ def to_markdown(summary: pd.DataFrame, paper_table: str = "", power_line: str = 
         f"this study's device, batch and precision; peak memory in MiB. Paper columns: ImageNet-1K, {source}.",
         "",
     ]
-    bench = summary[["bench_train_img_per_s", "bench_eval_img_per_s", "bench_peak_memory_mb"]].notna().any().any()
+    bench = summary[["bench_train_img_per_s", "bench_eval_img_per_s", "bench_peak_memory_mib"]].notna().any().any()
     header = ["#", "variant", "group", f"top-1 (%, {report} epoch)", "Δ top-1", "95 % CI", "p", "test", "Δ basis",
               "paper top-1", "paper Δ", "GMACs (ours)", "paper GFLOPs", "params (M)", "train img/s", "eval img/s",
               "peak mem (MiB)"]
@@ -90,12 +90,12 @@ def to_markdown(summary: pd.DataFrame, paper_table: str = "", power_line: str = 
             _number(row["params"] / 1e6, "{:.2f}"),
             _number(row["train_img_per_s"], "{:.0f}"),
             _number(row["eval_img_per_s"], "{:.0f}"),
-            _number(row["peak_memory_mb"], "{:.0f}"),
+            _number(row["peak_memory_mib"], "{:.0f}"),
         ]
         if bench:
             cells += [_number(row[column], fmt) for column, fmt in (
                 ("bench_train_img_per_s", "{:.0f}"), ("bench_eval_img_per_s", "{:.0f}"),
-                ("bench_peak_memory_mb", "{:.0f}"))]
+                ("bench_peak_memory_mib", "{:.0f}"))]
         cells += [_finished_seeds(row), row["status"], row["note"] or ""]
         lines.append("| " + " | ".join(cells) + " |")
     tests = [test for test in TEST_MEANINGS if test in set(summary["delta_test"])]

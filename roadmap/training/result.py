@@ -114,7 +114,7 @@ class TrainResult:
         return {
             Metric.TOP1: self.top1, Metric.TOP5: self.top5, Metric.TOP1_BEST: self.top1_best,
             Metric.TOP1_BEST_EPOCH: self.top1_best_epoch, Metric.TRAIN_IMG_PER_S: self.train_img_per_s,
-            Metric.EVAL_IMG_PER_S: self.eval_img_per_s, Metric.PEAK_MEMORY_MB: self.peak_memory_mb,
+            Metric.EVAL_IMG_PER_S: self.eval_img_per_s,
             Metric.WALL_TIME_S: self.wall_time_s,
             Metric.DATA_WAIT_PCT: None if math.isnan(self.data_wait_pct) else self.data_wait_pct,
             Metric.PEAK_MEMORY_ALLOCATED_MIB: self.peak_memory_allocated_mib,
