@@ -10,6 +10,29 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# pytest-xdist runs the selections in parallel (addopts: -n auto --dist loadgroup). Each file stays on one worker,
+# so its module fixtures (a study trained once, read by many tests) run once; the files that use one shared
+# service run on one worker, one after another: the tracking server (test_tracking_server.py restarts it) and
+# the SLURM cluster's few CPUs.
+SHARED_SERVICE = {"test_tracking.py": "tracking-server", "test_tracking_server.py": "tracking-server"}
+MAX_WORKERS = 8  # each worker holds a torch process (~0.5 GB) and the files are few
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The CLI subprocesses the tests start size their torch threads to the whole machine; beside other workers,
+    # a second OpenMP thread only waits at barriers for a descheduled one.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    return max(1, min(MAX_WORKERS, len(os.sched_getaffinity(0))))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(SHARED_SERVICE.get(item.path.name, item.path.name)))
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():

@@ -196,10 +196,7 @@ def build_study(roadmap, options: dict[str, Any]):
     """The study this command's options describe: its plan (what) and its settings (how); every value checked."""
     import os
 
-    import torch
-
     from ..spec import DataSpec, choice, positive_number
-    from ..study.planner import ScaleOverrides, StudyRequest, plan_study
     from ..study.presets import get_preset
     from ..study.settings import BenchSettings, LaunchSettings, RunSettings, Study
     from ..variants import Ablation
@@ -211,6 +208,8 @@ def build_study(roadmap, options: dict[str, Any]):
     preset = get_preset(options["preset"] or ("demo" if data.kind == "synthetic" else "paper"))
     device = options["device"]
     if device == "auto":
+        import torch
+
         device = "cuda" if torch.cuda.is_available() else "cpu"
     launch = LaunchSettings(
         launcher=options["launcher"], max_parallel=options["max_parallel"], nodes=options["nodes"],
@@ -218,6 +217,7 @@ def build_study(roadmap, options: dict[str, Any]):
         timeout_min=options["timeout_min"], slurm_partition=options["slurm_partition"],
         slurm_options=parse_key_values(options["slurm_options"], "--slurm-option"), wait=not options["no_wait"],
     )
+    launch.check_options()
     run = RunSettings(
         device=device,
         channels_last=preset.channels_last if options["channels_last"] is None else options["channels_last"],
@@ -227,6 +227,9 @@ def build_study(roadmap, options: dict[str, Any]):
     )
     # bf16 autocast is for GPUs: on a CPU without bf16 units it runs ~15x slower than fp32.
     precision = options["precision"] or (preset.precision if device == "cuda" else "fp32")
+    # The planner builds the models (torch, timm: seconds to import): after every check that needs none.
+    from ..study.planner import ScaleOverrides, StudyRequest, plan_study
+
     processes = int(os.environ.get("WORLD_SIZE", "1")) if launch.launcher == "inline" else launch.processes_per_job
     request = StudyRequest(
         roadmap=roadmap, preset=preset, data=data, seeds=tuple(seeds), ablation=Ablation(options["ablation"]),

@@ -1,4 +1,5 @@
-"""Every check of a study that can fail before anything trains or is submitted: one line, exit code 2."""
+"""The checks of a study against its data, the machine and the cluster: one line, exit code 2, before anything trains
+or is submitted (the options against each other are checked as they are read: LaunchSettings.check_options)."""
 from __future__ import annotations
 
 import os
@@ -10,9 +11,7 @@ from ..data import validate_data
 from ..errors import SpecError
 from .executors.local import local_slots
 from .executors.slurm import check_slurm
-from .settings import Launcher, LaunchSettings, Study
-
-CLUSTER_ONLY = ("slurm_partition", "slurm_options", "mem_gb")
+from .settings import Launcher, Study
 
 
 def validate_study(study: Study) -> None:
@@ -23,26 +22,14 @@ def validate_study(study: Study) -> None:
 
 
 def check_launch(study: Study, visible_gpus: Sequence[int]) -> None:
-    """The launcher's options against each other, the machine and the cluster; the checkpoint folder."""
-    launch, defaults = study.launch, LaunchSettings()
+    """The launcher against the machine and the cluster (its options were checked as they were read); the
+    checkpoint folder."""
+    launch = study.launch
     if launch.launcher != Launcher.INLINE and "WORLD_SIZE" in os.environ:
         raise SpecError(f"--launcher {launch.launcher} starts its own training processes; run it without torchrun")
-    if launch.launcher == Launcher.INLINE:
-        given = [name for name in ("max_parallel", "nodes", "gpus_per_node", "cpus_per_task", "timeout_min", "wait",
-                                   *CLUSTER_ONLY) if getattr(launch, name) != getattr(defaults, name)]
-        if given:
-            option = "--no-wait" if given[0] == "wait" else f"--{given[0].replace('_', '-')}"
-            raise SpecError(f"{option} applies to --launcher local or slurm, not inline (this process trains "
-                            "every variant itself)")
-    elif launch.launcher == Launcher.LOCAL:
-        given = [name for name in CLUSTER_ONLY if getattr(launch, name) != getattr(defaults, name)]
-        if given:
-            raise SpecError(f"--{given[0].replace('_', '-')} applies to --launcher slurm, not local")
-        if not launch.wait:
-            raise SpecError("--no-wait needs --launcher slurm: a local launch starts each job when a slot frees up, "
-                            "so it stays until the last one ends (rerun it after an interruption: nothing is lost)")
+    if launch.launcher == Launcher.LOCAL:
         local_slots(launch.max_parallel, gpus_per_job(study), visible_gpus)
-    else:
+    elif launch.launcher == Launcher.SLURM:
         check_slurm()
         _warn_about_the_store(study.tracking_uri, study.tracking_patience_s)
     _check_writable(study)

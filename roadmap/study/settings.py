@@ -49,6 +49,9 @@ class RunSettings:
         return default_workers()
 
 
+CLUSTER_ONLY = ("slurm_partition", "slurm_options", "mem_gb")  # the LaunchSettings only sbatch uses
+
+
 @dataclass(frozen=True)
 class LaunchSettings:
     """Where the units run: in this process, as local jobs, or as a SLURM job array, and with what resources."""
@@ -83,6 +86,25 @@ class LaunchSettings:
     @property
     def processes_per_job(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    def check_options(self) -> None:
+        """The options given against the launcher: one that it does not use is an error, not silently ignored."""
+        defaults = LaunchSettings()
+        if self.launcher == Launcher.INLINE:
+            given = [name for name in ("max_parallel", "nodes", "gpus_per_node", "cpus_per_task", "timeout_min", "wait",
+                                       *CLUSTER_ONLY) if getattr(self, name) != getattr(defaults, name)]
+            if given:
+                option = "--no-wait" if given[0] == "wait" else f"--{given[0].replace('_', '-')}"
+                raise SpecError(f"{option} applies to --launcher local or slurm, not inline (this process trains "
+                                "every variant itself)")
+        elif self.launcher == Launcher.LOCAL:
+            given = [name for name in CLUSTER_ONLY if getattr(self, name) != getattr(defaults, name)]
+            if given:
+                raise SpecError(f"--{given[0].replace('_', '-')} applies to --launcher slurm, not local")
+            if not self.wait:
+                raise SpecError("--no-wait needs --launcher slurm: a local launch starts each job when a slot frees "
+                                "up, so it stays until the last one ends (rerun it after an interruption: nothing is "
+                                "lost)")
 
 
 @dataclass(frozen=True)
