@@ -3,6 +3,8 @@ and a tiny separable task for the engine."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import time
 from collections.abc import Callable
 
 import torch
@@ -116,3 +118,58 @@ def plan_with_hashes(roadmap_name: str, seeds=(0,), report: str = "last", hash_o
                                    seeds=tuple(seeds), report=report))
     variants = tuple(dataclasses.replace(v, config_hash=hash_of(v.name)) for v in plan.variants)
     return dataclasses.replace(plan, variants=variants)
+
+
+class DivergesAfter(nn.Module):
+    """The tiny model, but its training forward passes return NaN from call `calls` on."""
+
+    def __init__(self, calls: int):
+        super().__init__()
+        self.inner, self.left = tiny_model(), calls
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        if self.training:
+            self.left -= 1
+            if self.left < 0:
+                return out * math.nan
+        return out
+
+
+class WrappedLoader:
+    """A loader that yields another's batches, with the attributes the engine reads from a DataLoader."""
+
+    def __init__(self, loader, num_workers: int = 0):
+        self.loader, self.num_workers = loader, num_workers
+        self.batch_size, self.sampler, self.generator = loader.batch_size, loader.sampler, None
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+
+class SlowBatches(WrappedLoader):
+    """A loader whose every batch takes `delay` seconds to arrive."""
+
+    def __init__(self, loader, delay: float, num_workers: int = 0):
+        super().__init__(loader, num_workers)
+        self.delay = delay
+
+    def __iter__(self):
+        for batch in self.loader:
+            time.sleep(self.delay)
+            yield batch
+
+
+class AllocatesOnce(WrappedLoader):
+    """A loader that holds `mib` MiB of host memory while it yields its first batch."""
+
+    def __init__(self, loader, mib: int):
+        super().__init__(loader)
+        self.mib = mib
+
+    def __iter__(self):
+        for index, batch in enumerate(self.loader):
+            if index == 0 and self.mib:
+                block = torch.ones(self.mib * 2**18)  # float32: 4 bytes each, every page touched
+                del block
+            yield batch

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import CLASSES, make_loaders, recipe_for, tiny_model
+from helpers import CLASSES, DivergesAfter, SlowBatches, make_loaders, recipe_for, tiny_model
 from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -139,22 +139,6 @@ def test_final_json_makes_a_rerun_skip(tmp_path):
                                options=options, on_epoch=seen.append)
     assert again == first and seen == []
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # not trained again
-
-
-class DivergesAfter(nn.Module):
-    """The tiny model, but its training forward passes return NaN from call `calls` on."""
-
-    def __init__(self, calls: int):
-        super().__init__()
-        self.inner, self.calls, self.left = tiny_model(), calls, calls
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.inner(x)
-        if self.training:
-            self.left -= 1
-            if self.left < 0:
-                return out * math.nan
-        return out
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -328,22 +312,6 @@ def test_two_cpu_processes_with_gloo(tmp_path):
     assert json.loads((tmp_path / "run" / "final.json").read_text())["top1"] == rank0.top1
     predictions = read_predictions(tmp_path / "run" / "predictions.csv")  # gathered from both processes
     assert list(predictions.index) == list(range(32)) and predictions.top1() == rank0.top1
-
-
-class SlowBatches:
-    """A loader whose every batch takes `delay` seconds to arrive."""
-
-    def __init__(self, loader, delay: float):
-        self.loader, self.delay = loader, delay
-        self.batch_size, self.sampler, self.generator = loader.batch_size, loader.sampler, None
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            time.sleep(self.delay)
-            yield batch
 
 
 def test_the_time_spent_waiting_for_batches_is_measured(tmp_path):

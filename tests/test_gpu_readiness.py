@@ -9,12 +9,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import CLASSES, make_loaders, recipe_for, tiny_model
+from helpers import CLASSES, AllocatesOnce, DivergesAfter, SlowBatches, make_loaders, recipe_for, tiny_model
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -98,22 +97,6 @@ def test_losses_are_read_once_per_interval(count, monkeypatch, tmp_path):
     short = _epoch_reads(count, monkeypatch, tmp_path, 64, recipe_for(CLASSIC, epochs=1), 16, 1)  # 4 micro-steps
     long = _epoch_reads(count, monkeypatch, tmp_path, 256, recipe_for(CLASSIC, epochs=1), 16, 1)  # 16
     assert long.count("tolist") - short.count("tolist") == 3  # reads after micro-steps 4, 8, 12, 16 vs 4
-
-
-class DivergesAfter(nn.Module):
-    """The tiny model, but its training forward passes return NaN from call `calls` on."""
-
-    def __init__(self, calls: int):
-        super().__init__()
-        self.inner, self.left = tiny_model(), calls
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.inner(x)
-        if self.training:
-            self.left -= 1
-            if self.left < 0:
-                return out * math.nan
-        return out
 
 
 @pytest.mark.parametrize("interval", [1, 3, 50])
@@ -241,24 +224,6 @@ def test_ddp_is_bound_to_its_gpu_with_gradients_in_its_buckets(monkeypatch):
     assert world.device == "cuda:1" and world.local_rank == 1
 
 
-class AllocatesOnce:
-    """A loader that holds `mib` MiB of host memory while it yields its first batch."""
-
-    def __init__(self, loader, mib: int):
-        self.loader, self.mib = loader, mib
-        self.batch_size, self.sampler, self.generator = loader.batch_size, loader.sampler, None
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for index, batch in enumerate(self.loader):
-            if index == 0 and self.mib:
-                block = torch.ones(self.mib * 2**18)  # float32: 4 bytes each, every page touched
-                del block
-            yield batch
-
-
 def test_peak_memory_is_the_runs_own_not_the_process_lifetimes(tmp_path):
     results = []
     for run, mib in enumerate((600, 0)):
@@ -286,26 +251,10 @@ def test_cuda_peaks_are_reset_when_a_run_starts_and_read_in_mib(monkeypatch):
     assert (peak.allocated_mib, peak.reserved_mib, peak.device_peak_mib()) == (3072, 4096, 3072)
 
 
-class SlowBatches:
-    """A loader whose every batch takes `delay` seconds to arrive."""
-
-    def __init__(self, loader, delay: float):
-        self.loader, self.delay = loader, delay
-        self.batch_size, self.sampler, self.generator, self.num_workers = loader.batch_size, loader.sampler, None, 3
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        for batch in self.loader:
-            time.sleep(self.delay)
-            yield batch
-
-
 def test_a_run_that_waits_for_data_says_so_once_with_the_fix(tmp_path, capsys):
     train_loader, val_loader = make_loaders()  # 4 batches per epoch
-    records = []
-    result = train_and_evaluate(tiny_model(), recipe_for(CLASSIC, epochs=2), SlowBatches(train_loader, 0.3),
+    records, slow = [], SlowBatches(train_loader, 0.3, num_workers=3)
+    result = train_and_evaluate(tiny_model(), recipe_for(CLASSIC, epochs=2), slow,
                                 val_loader, num_classes=CLASSES, options=TrainOptions(checkpoint_dir=tmp_path),
                                 on_epoch=records.append)
     lines = [line for line in capsys.readouterr().err.splitlines() if "waited for data" in line]
