@@ -11,9 +11,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 # pytest-xdist runs the selections in parallel (addopts: -n auto --dist loadgroup). Each file stays on one worker,
-# so its module fixtures (a study trained once, read by many tests) run once; the files that use one shared
-# service run on one worker, one after another: the tracking server (test_tracking_server.py restarts it) and
-# the SLURM cluster's few CPUs.
+# so its module fixtures (a study trained once, read by many tests) run once, and the SLURM tests (one file) take
+# the cluster's few CPUs one at a time. The two files that use the CI's tracking server share a worker:
+# test_tracking_server.py restarts it.
 SHARED_SERVICE = {"test_tracking.py": "tracking-server", "test_tracking_server.py": "tracking-server"}
 MAX_WORKERS = 8  # each worker holds a torch process (~0.5 GB) and the files are few
 

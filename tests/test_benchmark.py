@@ -16,7 +16,7 @@ from roadmap.models.network import build_model
 from roadmap.training.throughput import BenchmarkConfig, benchmark_steps, format_table, measure
 
 TINY = BenchmarkConfig(batch_size=4, image_size=32, warmup=1, repeats=1, iterations_per_repeat=1, num_classes=10)
-FIGURES = ("train_img_per_s", "eval_img_per_s", "train_spread_pct", "eval_spread_pct", "peak_memory_mb")
+FIGURES = ("train_img_per_s", "eval_img_per_s", "train_spread_pct", "eval_spread_pct", "peak_memory_mib")
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 

@@ -295,7 +295,7 @@ def test_benchmarks_follow_timms_protocol_on_cuda_and_stay_small_on_the_cpu(monk
     assert timm_like.repeats * timm_like.iterations_per_repeat == 40
     assert "TF32" in timm_like.describe() and "cudnn.benchmark" in timm_like.describe()
     row = {"step": "resnet50", "params": 25.6e6, "gmacs": 4.09, "train_img_per_s": 3000.0, "train_spread_pct": 1.0,
-           "eval_img_per_s": 9000.0, "eval_spread_pct": 1.0, "peak_memory_mb": 20000.0,
+           "eval_img_per_s": 9000.0, "eval_spread_pct": 1.0, "peak_memory_mib": 20000.0,
            "peak_memory_reserved_mib": 22000.0, "train_mfu_pct": mfu_pct(4.09, 3000, timm_like.peak(), training=True),
            "eval_mfu_pct": 1.0, "peak_source": timm_like.peak().description}
     table = format_table([row], timm_like)

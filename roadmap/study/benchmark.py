@@ -30,7 +30,7 @@ def run_benchmark(study: Study) -> int:
             rows.append(row)
             figures = {Metric.BENCH_TRAIN_IMG_PER_S: row["train_img_per_s"],
                        Metric.BENCH_EVAL_IMG_PER_S: row["eval_img_per_s"],
-                       Metric.BENCH_PEAK_MEMORY_MIB: row["peak_memory_mb"],
+                       Metric.BENCH_PEAK_MEMORY_MIB: row["peak_memory_mib"],
                        Metric.BENCH_TRAIN_SPREAD_PCT: row["train_spread_pct"],
                        Metric.BENCH_EVAL_SPREAD_PCT: row["eval_spread_pct"], Metric.PARAMS: row["params"],
                        Metric.GMACS: row["gmacs"],

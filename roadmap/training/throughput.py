@@ -204,7 +204,7 @@ class PeakMemory:
 
     def __init__(self, device: str):
         self.device = device
-        self.mb = self.reserved_mib = math.nan
+        self.peak_mib = self.reserved_mib = math.nan
 
     def __enter__(self) -> PeakMemory:
         if self.device == "cuda":
@@ -218,10 +218,10 @@ class PeakMemory:
     def __exit__(self, *exc_info: Any) -> None:
         if self.device == "cuda":
             torch.cuda.synchronize()
-            self.mb = torch.cuda.max_memory_allocated() / 2**20
+            self.peak_mib = torch.cuda.max_memory_allocated() / 2**20
             self.reserved_mib = torch.cuda.max_memory_reserved() / 2**20
         else:
-            self.mb = (_rss_high_water_kib() - self._start_kib) / 2**10
+            self.peak_mib = (_rss_high_water_kib() - self._start_kib) / 2**10
 
 
 def measure(model: nn.Module, config: BenchmarkConfig, gmacs: float | None = None) -> dict[str, Any]:
@@ -230,7 +230,7 @@ def measure(model: nn.Module, config: BenchmarkConfig, gmacs: float | None = Non
     Returns train_img_per_s (forward + backward + AdamW step) and eval_img_per_s (inference-mode
     forward), each the median over `config.repeats` timed repeats after `config.warmup` untimed
     iterations; train_spread_pct and eval_spread_pct ((max - min) / median over the repeats, %);
-    peak_memory_mb (see PEAK_MEMORY_CONVENTION) and, on CUDA, peak_memory_allocated_mib (the same figure)
+    peak_memory_mib (see PEAK_MEMORY_CONVENTION) and, on CUDA, peak_memory_allocated_mib (the same figure)
     and peak_memory_reserved_mib (NaN on the CPU); gmacs (per image, counted here unless given);
     train_mfu_pct and eval_mfu_pct against `config.peak()` (NaN when no peak is known), with peak_tflops
     and peak_source saying which peak; and every field of `config`. It runs under the numerics of a
@@ -253,8 +253,8 @@ def measure(model: nn.Module, config: BenchmarkConfig, gmacs: float | None = Non
         "eval_img_per_s": eval_rate,
         "train_spread_pct": spread_pct(train),
         "eval_spread_pct": spread_pct(evaluation),
-        "peak_memory_mb": peak.mb,
-        "peak_memory_allocated_mib": peak.mb if config.device == "cuda" else math.nan,
+        "peak_memory_mib": peak.peak_mib,
+        "peak_memory_allocated_mib": peak.peak_mib if config.device == "cuda" else math.nan,
         "peak_memory_reserved_mib": peak.reserved_mib,
         "gmacs": gmacs,
         "train_mfu_pct": mfu_pct(gmacs, train_rate, peak_flops, training=True),
@@ -321,7 +321,7 @@ def format_table(rows: list[dict[str, Any]], config: BenchmarkConfig) -> str:
             f"{row['train_spread_pct']:.1f}",
             f"{row['eval_img_per_s']:.1f}",
             f"{row['eval_spread_pct']:.1f}",
-            f"{row['peak_memory_mb']:.0f}",
+            f"{row['peak_memory_mib']:.0f}",
         ]
         if config.device == "cuda":
             cells.append(f"{row['peak_memory_reserved_mib']:.0f}")
